@@ -1,0 +1,47 @@
+# mtmg: two commands do everything.
+#   make test   create .venv if needed, install, run the unit tests, learning checks and notebook tests
+#   make book   create .venv if needed, install, execute the notebooks (embedded default), build the book
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= default
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+EXECUTED := $(patsubst notebooks/%,book/executed/%,$(NOTEBOOKS))
+SOURCES := $(shell find mtmg configs -name '*.py' -o -name '*.yaml' -o -name '*.json' 2>/dev/null)
+
+.PHONY: install test unit notebooks nbval book clean-book
+
+install: $(STAMP)
+
+# Reinstall only when the dependency files change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+unit: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py
+
+# Each notebook is executed into book/executed/; a failed run leaves the previous good copy in place.
+book/executed/%.ipynb: notebooks/%.ipynb $(STAMP) $(SOURCES)
+	$(PY) -m mtmg.notebook $< $@ --profile $(PROFILE)
+
+notebooks: $(EXECUTED)
+
+nbval: notebooks
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider $(EXECUTED) tests/test_executed_notebooks.py
+
+test: unit nbval
+
+book: notebooks
+	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	@test -f _build/html/index.html
+
+clean-book:
+	rm -rf _build book/executed
