@@ -1,0 +1,163 @@
+"""Evaluation metrics as pure functions on tensors or arrays; values are fractions in [0, 1].
+
+Conventions
+- Classification: ``scores`` are (N, C) logits (the prediction is the arg-max, the lowest class index on
+  ties) or (N,) predicted labels; ``targets`` are (N,) integer labels.
+- Multi-label: average precision (AP) of one class is computed exactly as scikit-learn's
+  ``average_precision_score``: AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds, so tied
+  scores form one threshold. A class with no positive sample has no AP: it is reported as NaN and left out
+  of the macro mean.
+- Retrieval uses cosine similarity (inputs are L2-normalised here). A relevant item counts as retrieved at
+  rank r (0-based) where r is the number of *non-relevant* items whose similarity is greater than *or
+  equal to* it: ties count against the query (the conservative rule), so recall never depends on the
+  order of the gallery. recall@k is the fraction of queries with a relevant item at rank < k.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+_CHUNK = 1024
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().float().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _predictions_and_targets(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    scores, targets = _np(scores), _np(targets)
+    if targets.ndim != 1:
+        raise ValueError(f"Single-label targets must be (N,) class indices, got shape {targets.shape}.")
+    preds = scores.argmax(axis=1) if scores.ndim == 2 else scores
+    if preds.shape != targets.shape:
+        raise ValueError(f"{preds.shape[0]} predictions for {targets.shape[0]} targets.")
+    return preds.astype(np.int64), targets.astype(np.int64)
+
+
+def _num_classes(scores: ArrayLike, preds: np.ndarray, targets: np.ndarray, num_classes: int | None) -> int:
+    if num_classes is not None:
+        return num_classes
+    if _np(scores).ndim == 2:
+        return _np(scores).shape[1]
+    return int(max(preds.max(initial=-1), targets.max(initial=-1))) + 1
+
+
+def top1_accuracy(scores: ArrayLike, targets: ArrayLike) -> float:
+    """Fraction of samples whose arg-max class is the target."""
+    preds, targets = _predictions_and_targets(scores, targets)
+    if targets.size == 0:
+        raise ValueError("top1_accuracy of an empty set is undefined.")
+    return float((preds == targets).mean())
+
+
+def confusion_matrix(scores: ArrayLike, targets: ArrayLike, num_classes: int | None = None) -> np.ndarray:
+    """(C, C) int64 counts; row = true class, column = predicted class."""
+    preds, targets = _predictions_and_targets(scores, targets)
+    c = _num_classes(scores, preds, targets, num_classes)
+    return np.bincount(targets * c + preds, minlength=c * c).reshape(c, c).astype(np.int64)
+
+
+def per_class_accuracy(scores: ArrayLike, targets: ArrayLike, num_classes: int | None = None) -> np.ndarray:
+    """(C,) accuracy within each true class (recall per class); NaN for classes without samples."""
+    cm = confusion_matrix(scores, targets, num_classes)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / support, np.nan)
+
+
+def _binary_average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+    order = np.argsort(-score, kind="mergesort")
+    score, positive = score[order], positive[order]
+    last_of_threshold = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    tps = np.cumsum(positive)[last_of_threshold]
+    precision = tps / (last_of_threshold + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
+    """(C,) average precision of each class from (N, C) scores and (N, C) multi-hot targets; NaN where a
+    class has no positive sample."""
+    scores, targets = _np(scores).astype(np.float64), _np(targets)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f"Need (N, C) scores and multi-hot targets of one shape, got {scores.shape}, {targets.shape}.")
+    if not np.isfinite(scores).all():
+        raise ValueError("Scores contain NaN or infinite values.")
+    positive = targets > 0.5
+    return np.array([_binary_average_precision(positive[:, c], scores[:, c]) if positive[:, c].any() else np.nan
+                     for c in range(scores.shape[1])])
+
+
+def macro_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
+    """Mean AP over the classes that have at least one positive sample (NaN if none has)."""
+    ap = average_precision_per_class(scores, targets)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def _normalized(x: ArrayLike) -> torch.Tensor:
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"Embeddings must be (N, D), got shape {tuple(t.shape)}.")
+    return F.normalize(t.float().cpu(), dim=1)
+
+
+def _recalls(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
+    return {int(k): float((ranks < k).float().mean()) for k in ks}
+
+
+def recall_at_k(query: ArrayLike, gallery: ArrayLike, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
+    """Paired retrieval: the only relevant gallery item of query i is gallery item i.
+
+    Returns {k: recall@k}. Rank of the positive = number of other gallery items with similarity >= its
+    own (ties count against the query).
+    """
+    q, g = _normalized(query), _normalized(gallery)
+    if q.shape != g.shape:
+        raise ValueError(f"Paired retrieval needs query and gallery of one shape, got {tuple(q.shape)}, {tuple(g.shape)}.")
+    ranks = torch.empty(q.shape[0], dtype=torch.long)
+    for start in range(0, q.shape[0], _CHUNK):
+        sims = q[start:start + _CHUNK] @ g.T
+        rows = torch.arange(sims.shape[0])
+        positive = sims[rows, rows + start]
+        ranks[start:start + _CHUNK] = (sims >= positive[:, None]).sum(dim=1) - 1
+    return _recalls(ranks, ks)
+
+
+def retrieval_recalls(a: ArrayLike, b: ArrayLike, ks: Sequence[int] = DEFAULT_KS,
+                      names: tuple[str, str] = ("a", "b")) -> dict[str, dict[int, float]]:
+    """Paired recall@k in both directions: {"a->b": ..., "b->a": ...} (keys use ``names``)."""
+    x, y = names
+    return {f"{x}->{y}": recall_at_k(a, b, ks), f"{y}->{x}": recall_at_k(b, a, ks)}
+
+
+def text_to_image_recall(text: ArrayLike, images: ArrayLike, labels: ArrayLike,
+                         ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
+    """Class-level text-to-image retrieval.
+
+    Query c is the class text embedding ``text[c]`` (C, D); the gallery is all images (N, D); the relevant
+    images are those of class c (``labels``: (N,) indices or (N, C) multi-hot). recall@k is the fraction of
+    classes whose top k images contain at least one relevant image, the best relevant image being ranked
+    after every non-relevant image of equal similarity. Classes without images are left out.
+    """
+    t, im = _normalized(text), _normalized(images)
+    labels = _np(labels)
+    relevant = torch.as_tensor(labels > 0.5 if labels.ndim == 2 else labels[:, None] == np.arange(t.shape[0]))
+    if relevant.shape != (im.shape[0], t.shape[0]):
+        raise ValueError(f"Labels of shape {labels.shape} do not match {im.shape[0]} images and {t.shape[0]} classes.")
+    relevant = relevant.T
+    sims = t @ im.T
+    keep = relevant.any(dim=1)
+    if not keep.any():
+        raise ValueError("No class has a relevant image: text-to-image recall is undefined.")
+    best = sims.masked_fill(~relevant, float("-inf")).max(dim=1).values
+    ranks = ((sims >= best[:, None]) & ~relevant).sum(dim=1)
+    return _recalls(ranks[keep], ks)

@@ -1,0 +1,178 @@
+"""Metrics against independent references: scikit-learn, torchmetrics and brute-force loops."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchmetrics.functional.classification as tmc
+from sklearn import metrics as skm
+
+from mtmg import metrics
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def _single_label(rng, n=300, c=7):
+    targets = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), targets] += rng.normal(0.8, 1.0, n)  # better than chance, not perfect
+    return logits.astype(np.float32), targets
+
+
+def test_top1_accuracy_matches_sklearn_and_torchmetrics(rng):
+    logits, targets = _single_label(rng)
+    acc = metrics.top1_accuracy(torch.from_numpy(logits), torch.from_numpy(targets))
+    assert acc == pytest.approx(skm.accuracy_score(targets, logits.argmax(1)))
+    tm = tmc.multiclass_accuracy(torch.from_numpy(logits), torch.from_numpy(targets), num_classes=7, average="micro")
+    assert acc == pytest.approx(float(tm), abs=1e-6)
+    assert 0.2 < acc < 0.95
+
+
+def test_per_class_accuracy_and_confusion_matrix(rng):
+    logits, targets = _single_label(rng)
+    targets[targets == 3] = 4  # class 3 has no samples
+    cm = metrics.confusion_matrix(logits, targets)
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(targets, logits.argmax(1), labels=range(7)))
+    per_class = metrics.per_class_accuracy(logits, targets)
+    assert math.isnan(per_class[3])
+    reference = skm.recall_score(targets, logits.argmax(1), labels=[0, 1, 2, 4, 5, 6], average=None)
+    np.testing.assert_allclose(np.delete(per_class, 3), reference)
+    tm = tmc.multiclass_accuracy(torch.from_numpy(logits), torch.from_numpy(targets), num_classes=7, average=None)
+    np.testing.assert_allclose(np.delete(per_class, 3), np.delete(tm.numpy(), 3), atol=1e-6)
+
+
+def test_predicted_labels_are_accepted(rng):
+    preds = rng.integers(0, 4, 50)
+    targets = rng.integers(0, 4, 50)
+    assert metrics.top1_accuracy(preds, targets) == pytest.approx((preds == targets).mean())
+    assert metrics.confusion_matrix(preds, targets, num_classes=5).shape == (5, 5)
+
+
+def _multilabel(rng, n=200, c=6, ties=False):
+    targets = (rng.random((n, c)) < 0.3).astype(np.int64)
+    scores = rng.normal(size=(n, c)) + 1.2 * targets
+    if ties:
+        scores = np.round(scores)  # few distinct values: many tied scores
+    return scores, targets
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_matches_sklearn_and_torchmetrics(rng, ties):
+    scores, targets = _multilabel(rng, ties=ties)
+    ap = metrics.average_precision_per_class(torch.from_numpy(scores).float(), torch.from_numpy(targets))
+    reference = [skm.average_precision_score(targets[:, c], scores[:, c]) for c in range(scores.shape[1])]
+    np.testing.assert_allclose(ap, reference, atol=1e-6)
+    tm = tmc.multilabel_average_precision(torch.from_numpy(scores).float(), torch.from_numpy(targets),
+                                          num_labels=scores.shape[1], average=None)
+    np.testing.assert_allclose(ap, tm.numpy(), atol=1e-5)
+    assert metrics.macro_average_precision(scores, targets) == pytest.approx(
+        skm.average_precision_score(targets, scores, average="macro"), abs=1e-6)
+
+
+def test_class_without_positives_is_nan_and_excluded(rng):
+    scores, targets = _multilabel(rng)
+    targets[:, 2] = 0
+    ap = metrics.average_precision_per_class(scores, targets)
+    assert math.isnan(ap[2]) and np.isfinite(np.delete(ap, 2)).all()
+    assert metrics.macro_average_precision(scores, targets) == pytest.approx(np.delete(ap, 2).mean())
+    assert math.isnan(metrics.macro_average_precision(scores, np.zeros_like(targets)))
+
+
+def test_average_precision_of_a_perfect_and_a_reversed_ranking():
+    targets = np.array([[1], [1], [0], [0]])
+    assert metrics.average_precision_per_class(np.array([[4.0], [3.0], [2.0], [1.0]]), targets)[0] == 1.0
+    # positives ranked last: precision 1/3 at the first positive, 2/4 at the second
+    reversed_ap = metrics.average_precision_per_class(np.array([[1.0], [2.0], [3.0], [4.0]]), targets)[0]
+    assert reversed_ap == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def _brute_force_recall(query, gallery, ks):
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    hits = {k: 0 for k in ks}
+    for i in range(len(q)):
+        own = float(q[i] @ g[i])
+        rank = sum(1 for j in range(len(g)) if j != i and float(q[i] @ g[j]) >= own)
+        for k in ks:
+            hits[k] += rank < k
+    return {k: hits[k] / len(q) for k in ks}
+
+
+def test_recall_at_k_matches_brute_force(rng):
+    a = rng.normal(size=(120, 16)).astype(np.float32)
+    b = (a + rng.normal(scale=1.5, size=a.shape)).astype(np.float32)
+    ks = (1, 5, 10, 20, 50)
+    got = metrics.recall_at_k(torch.from_numpy(a), torch.from_numpy(b), ks)
+    expected = _brute_force_recall(a.astype(np.float64), b.astype(np.float64), ks)
+    assert got == pytest.approx(expected)
+    assert 0 < got[1] < got[50] < 1
+    both = metrics.retrieval_recalls(a, b, ks, names=("ms", "rgb"))
+    assert both["ms->rgb"] == got
+    assert both["rgb->ms"] == pytest.approx(_brute_force_recall(b.astype(np.float64), a.astype(np.float64), ks))
+
+
+def test_recall_chunks_agree(rng, monkeypatch):
+    a, b = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    whole = metrics.recall_at_k(a, b)
+    monkeypatch.setattr(metrics, "_CHUNK", 7)
+    assert metrics.recall_at_k(a, b) == whole
+
+
+def test_ties_count_against_the_query():
+    # every gallery item is identical: the positive ties with all others and is ranked last
+    query = np.eye(4)[:3]
+    gallery = np.ones((3, 4))
+    r = metrics.recall_at_k(query, gallery, ks=(1, 2, 3))
+    assert r == {1: 0.0, 2: 0.0, 3: 1.0}
+    # the result does not depend on the gallery order
+    duplicate = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert metrics.recall_at_k(duplicate, duplicate, ks=(1, 2)) == pytest.approx({1: 1 / 3, 2: 1.0})
+
+
+def _brute_force_text_to_image(text, images, labels, ks):
+    t = text / np.linalg.norm(text, axis=1, keepdims=True)
+    im = images / np.linalg.norm(images, axis=1, keepdims=True)
+    hits, queries = {k: 0 for k in ks}, 0
+    for c in range(len(t)):
+        relevant = [i for i in range(len(im)) if labels[i] == c]
+        if not relevant:
+            continue
+        queries += 1
+        best = max(float(t[c] @ im[i]) for i in relevant)
+        rank = sum(1 for i in range(len(im)) if labels[i] != c and float(t[c] @ im[i]) >= best)
+        for k in ks:
+            hits[k] += rank < k
+    return {k: hits[k] / queries for k in ks}
+
+
+def test_text_to_image_recall_matches_brute_force(rng):
+    c, n = 12, 150
+    text = rng.normal(size=(c, 16))
+    labels = rng.integers(0, c - 1, n)  # the last class has no image: left out
+    images = text[labels] * 0.3 + rng.normal(size=(n, 16))
+    ks = (1, 5, 10)
+    got = metrics.text_to_image_recall(text, images, torch.from_numpy(labels), ks)
+    assert got == pytest.approx(_brute_force_text_to_image(text, images, labels, ks))
+    multi_hot = np.eye(c)[labels]
+    assert metrics.text_to_image_recall(text, images, multi_hot, ks) == got
+
+
+def test_text_to_image_ties_count_against_the_query():
+    text = np.array([[1.0, 0.0], [0.0, 1.0]])
+    images = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 1])
+    # class 0: its image ties with image 1 (class 1) -> rank 1; class 1: image 2 is best -> rank 0
+    assert metrics.text_to_image_recall(text, images, labels, ks=(1, 2)) == {1: 0.5, 2: 1.0}
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.recall_at_k(np.ones((3, 2)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="class indices"):
+        metrics.top1_accuracy(np.ones((3, 2)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.average_precision_per_class(np.full((2, 1), np.nan), np.ones((2, 1)))
