@@ -1,0 +1,201 @@
+"""Frozen run configurations of the two training stages and their YAML form.
+
+The dataclass defaults are the embedded default profile (MiniCLIP-64 on the shipped EuroSAT-MS
+sample, see ``configs/default``); ``configs/paper`` holds the paper profile. A YAML file only needs
+the keys that differ from the defaults; unknown keys are errors. Relative paths are taken from the
+project root; ``out_dir: null`` means ``runs/<profile>/<stage>``, ``cache_dir: null`` the cache
+folder of :mod:`mtmg.paths`, ``teacher_dir: null`` the stage 1 folder of the same profile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One dataset of the registry ``mtmg.datasets.get_dataset`` (or ``synthetic``) and its splits.
+
+    ``val_split: null`` carves a validation set from the train split (PAINT: 10 %, at most 5,000).
+    """
+
+    name: str
+    root: str = ""
+    train_split: str = "train"
+    val_split: str | None = "val"
+    test_split: str | None = "test"
+    prompt_key: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """An open_clip model; ``pretrained: miniclip`` trains (or reuses) MiniCLIP-64 via ``mtmg.miniclip``."""
+
+    name: str = "MiniCLIP-64"
+    pretrained: str | None = "miniclip"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule (linear warm-up then cosine), loop and checkpoint settings of one stage."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    drop_last: bool = False
+    seed: int = 0
+    checkpoint_every: int = 50
+    num_workers: int = 0
+    compile: bool = False
+    max_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Stage 1: PAINT patching of the CLIP image tower, interpolation and α selection."""
+
+    profile: str = "default"
+    clip: ClipSpec = ClipSpec()
+    task: DataSpec = DataSpec(name="eurosat_ms", root="data/eurosat_ms_sample")
+    supported: tuple[DataSpec, ...] = (DataSpec(name="synthetic"),)
+    train: TrainConfig = TrainConfig(warmup_steps=10)
+    augment: str = "d4"
+    alphas: tuple[float, ...] = ALPHAS
+    carve_fraction: float = 0.1
+    carve_max: int = 5000
+    carve_seed: int = 0
+    in_memory: bool = True
+    eval_batch_size: int = 256
+    cache_dir: str | None = None
+    out_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A timm ViT with 13 input bands plus a linear projection to the teacher's embedding width.
+
+    ``overrides`` are keyword arguments of ``timm.create_model`` (they replace the architecture's own).
+    ``weights``: ``ssl4eo_s2_moco`` (torchgeo ViTSmall16_Weights.SENTINEL2_ALL_MOCO), a file, or null.
+    """
+
+    arch: str = "vit_small_patch16_224"
+    overrides: dict[str, Any] = field(default_factory=lambda: {
+        "img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4})
+    in_chans: int = 13
+    drop_path: float = 0.1
+    weights: str | None = None
+    out_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Stage 2: distillation of the patched CLIP image tower (RGB) into a multispectral student.
+
+    ``augment``: ``d4`` applies one random D4 element to both views (the teacher cache then holds the
+    embeddings of all 8 variants of each tile), ``d4_student`` to the MS view only (the teacher sees
+    the tile as it is), ``none``. ``ms_size`` resizes the MS view (bicubic) to the student's input size.
+    """
+
+    profile: str = "default"
+    teacher_dir: str | None = None
+    student: StudentConfig = StudentConfig()
+    data: DataSpec = DataSpec(name="eurosat_ms", root="data/eurosat_ms_sample")
+    eval_sets: tuple[DataSpec, ...] = (DataSpec(name="eurosat_ms", root="data/eurosat_ms_sample"),)
+    train: TrainConfig = TrainConfig(epochs=60, lr=1e-3, weight_decay=0.01, warmup_steps=20)
+    feature_loss: str = "mse"
+    cls_weight: float = 0.05
+    teacher_cache: bool = True
+    augment: str = "d4"
+    retrieval_ks: tuple[int, ...] = (1, 5, 10, 20, 50)
+    ms_size: int | None = None
+    carve_fraction: float = 0.1
+    carve_max: int = 5000
+    carve_seed: int = 0
+    in_memory: bool = True
+    eval_batch_size: int = 256
+    cache_dir: str | None = None
+    out_dir: str | None = None
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Convert plain YAML data ``value`` to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise KeyError(f"{where}: unknown key(s) {unknown} for {tp.__name__}; valid keys: {sorted(names)}")
+        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise TypeError(f"{where}: null is not allowed here")
+        return _build(next(a for a in args if a is not type(None)), value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if inner is None and len(args) != len(value):
+            raise TypeError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_build(inner or args[i], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise TypeError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
+    """Build the frozen config ``cls`` from nested plain data (missing keys keep their defaults)."""
+    return _build(cls, data, where)
+
+
+def load_config(path: str | Path, cls: type[C]) -> C:
+    """Read a YAML file into ``cls``; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found; see configs/default/*.yaml for examples")
+    data = yaml.safe_load(path.read_text()) or {}
+    return from_dict(cls, data, where=str(path))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested data (tuples as lists) suitable for YAML or JSON."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write ``cfg`` as YAML (the resolved configuration of a run)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,356 @@
+"""Stage 1: PAINT patching of CLIP's image tower on RGB composites, interpolation and α selection.
+
+1. fine-tune ``model.visual`` on the patching task through its frozen zero-shot text head
+   (cross-entropy, or BCE for multi-label tasks);
+2. interpolate every state-dict entry, θα = (1 − α)·θ_zs + α·θ_ft, for each α of the sweep;
+3. evaluate every α on the validation splits of the patching and supported tasks and choose the α
+   with the best mean (PAINT); the test splits are evaluated only after the choice, for reporting.
+
+Outputs in ``out_dir``: ``zeroshot.pt``, ``finetuned.pt``, ``patched.pt`` (visual state dicts),
+``scores.csv`` (task, split, alpha, metric, value), ``selected_alpha.json``, ``clip.json`` (how to
+rebuild the model: spec, weights id and file), ``config.yaml``, ``run.json`` and ``finetune/`` (checkpoint, training log).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mtmg import checkpoint, paths
+from mtmg.augment import AUGMENTATIONS, paint_train_transform, random_d4
+from mtmg.config import ClipSpec, DataSpec, PatchConfig, save_config
+from mtmg.device import resolve_device
+from mtmg.evaluation import evaluate_zeroshot
+from mtmg.models import RANDOM_INIT, ClipBundle, ImageClassifier, ZeroShotHead, load_clip
+from mtmg.training import InMemoryDataset, fit
+
+PRIMARY_METRIC = {False: "top1", True: "macro_ap"}
+PAPER_ALPHA = 0.5
+MINICLIP = "miniclip"
+
+
+# --- interpolation and selection -------------------------------------------------------------------------
+
+def interpolate_state_dicts(zs: Mapping[str, torch.Tensor], ft: Mapping[str, torch.Tensor],
+                            alpha: float) -> dict[str, torch.Tensor]:
+    """θα = (1 − α)·θ_zs + α·θ_ft for every floating-point entry; new tensors, inputs untouched.
+
+    Integer and boolean entries cannot be interpolated: they are copied from the nearer endpoint
+    (``zs`` for α < 0.5), so α = 0 and α = 1 reproduce the endpoints exactly.
+    """
+    if set(zs) != set(ft):
+        only_zs, only_ft = sorted(set(zs) - set(ft)), sorted(set(ft) - set(zs))
+        raise KeyError(f"state dicts differ in keys: only in zero-shot {only_zs[:8]}, only in fine-tuned "
+                       f"{only_ft[:8]}; both must come from the same architecture")
+    shapes = [f"{k}: {tuple(zs[k].shape)} vs {tuple(ft[k].shape)}" for k in zs if zs[k].shape != ft[k].shape]
+    if shapes:
+        raise ValueError(f"state dicts differ in shapes ({shapes[:8]}); both must come from the same architecture")
+    out = {}
+    for k, a in zs.items():
+        b = ft[k]
+        if not a.is_floating_point():
+            out[k] = (a if alpha < 0.5 else b).clone()
+        elif alpha == 0:
+            out[k] = a.clone()
+        elif alpha == 1:
+            out[k] = b.clone()
+        else:
+            out[k] = ((1 - alpha) * a.float() + alpha * b.float()).to(a.dtype)
+    return out
+
+
+def select_alpha(scores: pd.DataFrame, split: str = "val") -> tuple[float, pd.Series]:
+    """PAINT's rule: the α with the best mean primary metric over tasks on ``split`` (ties: smallest α).
+
+    ``scores`` is the tidy table (task, split, alpha, metric, value); only rows of ``split`` whose
+    metric is a primary one (``top1`` or ``macro_ap``) are read. Returns (α, mean score per α).
+    """
+    rows = scores[(scores["split"] == split) & scores["metric"].isin(PRIMARY_METRIC.values())]
+    if rows.empty:
+        raise ValueError(f"no {split!r} scores with a primary metric "
+                         f"{sorted(PRIMARY_METRIC.values())} to select α from")
+    table = rows.pivot_table(index="alpha", columns="task", values="value", aggfunc="first")
+    if table.isna().any().any():
+        missing = [(a, t) for a in table.index for t in table.columns if pd.isna(table.loc[a, t])]
+        raise ValueError(f"incomplete {split!r} scores, missing (alpha, task): {missing[:8]}")
+    mean = table.mean(axis=1).sort_index()
+    return float(mean.idxmax()), mean
+
+
+@dataclass
+class EvalTask:
+    """A task of the sweep: its zero-shot head and its held-out splits (RGB, eval transform)."""
+
+    name: str
+    head: ZeroShotHead
+    multilabel: bool
+    val: Dataset
+    test: Dataset | None = None
+
+
+def _score(visual: nn.Module, task: EvalTask, split: str, dataset: Dataset, alpha: float,
+           batch_size: int, device: torch.device, num_workers: int) -> dict[str, Any]:
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    result = evaluate_zeroshot(ImageClassifier(visual, task.head), loader, "rgb", task.multilabel, device,
+                               desc=f"{task.name}/{split} α={alpha:g}")
+    metric = PRIMARY_METRIC[task.multilabel]
+    return {"task": task.name, "split": split, "alpha": alpha, "metric": metric, "value": float(result[metric])}
+
+
+def sweep(visual: nn.Module, zs: Mapping[str, torch.Tensor], ft: Mapping[str, torch.Tensor],
+          tasks: Sequence[EvalTask], alphas: Sequence[float], *, device: torch.device | str = "cpu",
+          batch_size: int = 256, num_workers: int = 0) -> tuple[pd.DataFrame, float]:
+    """Evaluate θα for every α: all validation splits first, then select α, then the test splits.
+
+    ``visual`` is overwritten with each θα and left at the selected one. Returns the tidy table and α.
+    """
+    device = torch.device(device)
+    visual.to(device)
+    rows = []
+    for alpha in tqdm(alphas, desc="α sweep (val)"):
+        visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha))
+        rows += [_score(visual, t, "val", t.val, alpha, batch_size, device, num_workers) for t in tasks]
+    alpha_star, _ = select_alpha(pd.DataFrame(rows), "val")
+    for alpha in tqdm(alphas, desc="α sweep (test)"):
+        visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha))
+        rows += [_score(visual, t, "test", t.test, alpha, batch_size, device, num_workers)
+                 for t in tasks if t.test is not None]
+    visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha_star))
+    return pd.DataFrame(rows, columns=["task", "split", "alpha", "metric", "value"]), alpha_star
+
+
+# --- models and data -------------------------------------------------------------------------------------
+
+def clip_source(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> str | None:
+    """What ``load_clip`` gets for ``spec``: the MiniCLIP weights file (pretrained first if missing) or ``pretrained``."""
+    if spec.pretrained == MINICLIP:
+        from mtmg.miniclip import MiniClipConfig, ensure_miniclip
+
+        return str(ensure_miniclip(cache_dir, MiniClipConfig(model_name=spec.name), device))
+    return spec.pretrained
+
+
+def load_clip_spec(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> ClipBundle:
+    """Load ``spec``; ``pretrained: miniclip`` pretrains MiniCLIP (or reuses the cached weights)."""
+    return load_clip(spec.name, clip_source(spec, cache_dir, device), device)
+
+
+def open_split(spec: DataSpec, split: str, rgb_transform: Any = None, ms_transform: Any = None) -> Dataset:
+    """One split of ``spec``: ``synthetic`` is MiniCLIP's supported task, anything else the registry's."""
+    if spec.name == "synthetic":
+        from mtmg.synthetic import SyntheticScenes
+
+        return SyntheticScenes(split, rgb_transform=rgb_transform, **spec.options)
+    from mtmg.datasets import get_dataset
+
+    return get_dataset(spec.name, paths.resolve(spec.root), split, rgb_transform=rgb_transform,
+                       ms_transform=ms_transform, **spec.options)
+
+
+def held_out(spec: DataSpec, transform: Any, carve: tuple[float, int, int],
+             ms_transform: Any = None) -> tuple[Dataset, Dataset | None]:
+    """(validation, test) splits; without a validation split one is carved from train (PAINT rule)."""
+    if spec.val_split is not None:
+        val = open_split(spec, spec.val_split, transform, ms_transform)
+    else:
+        from mtmg.datasets import carve_validation
+
+        fraction, max_size, seed = carve
+        _, val = carve_validation(open_split(spec, spec.train_split, transform, ms_transform),
+                                  fraction=fraction, max_size=max_size, seed=seed)
+    test = open_split(spec, spec.test_split, transform, ms_transform) if spec.test_split else None
+    return val, test
+
+
+def training_split(spec: DataSpec, transform: Any, carve: tuple[float, int, int],
+                   ms_transform: Any = None) -> Dataset:
+    """The train split, less the carved validation items when ``spec`` has no validation split."""
+    train = open_split(spec, spec.train_split, transform, ms_transform)
+    if spec.val_split is not None:
+        return train
+    from mtmg.datasets import carve_validation
+
+    fraction, max_size, seed = carve
+    return carve_validation(train, fraction=fraction, max_size=max_size, seed=seed)[0]
+
+
+def task_info(spec: DataSpec, dataset: Dataset) -> tuple[list[str], list[str], bool]:
+    """(class names, templates, multilabel) of a task: ``spec.prompt_key`` of :mod:`mtmg.prompts` if set,
+    MiniCLIP's supported-task prompts for ``synthetic``, else the dataset's own (``prompts.for_dataset``)."""
+    from mtmg import prompts
+
+    if spec.prompt_key:
+        names, templates = prompts.classnames(spec.prompt_key), prompts.templates(spec.prompt_key)
+    elif spec.name == "synthetic":
+        from mtmg.synthetic import SUPPORTED_CLASSNAMES, SUPPORTED_TEMPLATES
+
+        names, templates = SUPPORTED_CLASSNAMES, SUPPORTED_TEMPLATES
+    else:
+        names, templates = prompts.for_dataset(dataset)
+    if len(names) != len(dataset.classes):
+        raise ValueError(f"{len(names)} class names for the {len(dataset.classes)} classes of dataset {spec.name}; "
+                         "fix DataSpec.prompt_key or mtmg/prompts.py")
+    return list(names), list(templates), bool(dataset.multilabel)
+
+
+def head_for(bundle: ClipBundle, spec: DataSpec, dataset: Dataset, cache_dir: Path) -> tuple[ZeroShotHead, bool]:
+    """The frozen zero-shot head of a task (cached on disk) and whether the task is multi-label."""
+    from mtmg.zeroshot import zeroshot_head
+
+    names, templates, multilabel = task_info(spec, dataset)
+    head = zeroshot_head(bundle, names, templates, cache_dir=cache_dir / "heads", dataset=spec.name)
+    return head.requires_grad_(False), multilabel
+
+
+def task_loss(multilabel: bool, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits on multi-hot targets, cross-entropy on class indices."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+    return F.cross_entropy(logits.float(), target)
+
+
+def maybe_in_memory(dataset: Dataset, enabled: bool, keys: tuple[str, ...], desc: str) -> Dataset:
+    """``dataset`` loaded once into memory (``keys`` only) when ``enabled``; for deterministic transforms."""
+    return InMemoryDataset(dataset, keys, desc) if enabled else dataset
+
+
+def _image_norm(visual: nn.Module) -> tuple[int, Sequence[float], Sequence[float]]:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    size = visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return (int(size), getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
+            getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PatchResult:
+    """Where stage 1 wrote its outputs, the selected α and the scores table."""
+
+    out_dir: Path
+    alpha: float
+    scores: pd.DataFrame
+
+
+def stage_dir(profile: str, stage: str, override: str | Path | None, configured: str | None) -> Path:
+    """A stage's output folder: ``override``, else the configured one, else ``runs/<profile>/<stage>``."""
+    chosen = override if override is not None else configured
+    return paths.resolve(chosen) if chosen else paths.runs_dir() / profile / stage
+
+
+def finetune(bundle: ClipBundle, head: ZeroShotHead, multilabel: bool, train: Dataset, cfg: PatchConfig,
+             out_dir: Path, *, device: torch.device, resume: bool = False) -> dict[str, torch.Tensor]:
+    """Fine-tune ``bundle.model.visual`` through the frozen ``head``; returns the fine-tuned state dict.
+
+    Everything but the image tower is frozen; ``train`` yields ``{"rgb", "target"}`` items.
+    """
+    if cfg.augment not in AUGMENTATIONS or cfg.augment == "d4_student":
+        raise ValueError(f"augment {cfg.augment!r}: patching supports 'none', 'd4' and 'paint'")
+    visual = bundle.model.visual
+    bundle.model.requires_grad_(False)
+    visual.requires_grad_(True)
+    head = head.to(device)
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return task_loss(multilabel, head(model(batch["rgb"])), batch["target"]), {}
+
+    fit(visual, loss_fn, train, cfg.train, out_dir / "finetune", device=device, resume=resume,
+        augment=random_d4(("rgb",)) if cfg.augment == "d4" else None, desc="patching")
+    visual.eval()
+    return {k: v.detach().clone() for k, v in visual.state_dict().items()}
+
+
+def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device: str = "auto",
+                 resume: bool = False) -> PatchResult:
+    """Stage 1 end to end: fine-tune, sweep α on validation splits, save endpoints and the patched tower."""
+    t0 = time.perf_counter()
+    out = stage_dir(cfg.profile, "patch", out_dir, cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    dev = resolve_device(device)
+    cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
+    carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
+
+    source = clip_source(cfg.clip, cache, dev)
+    bundle = load_clip(cfg.clip.name, source, dev)
+    if bundle.weights == RANDOM_INIT:  # keep the random weights so that stage 2 sees the same model
+        source = str(checkpoint.atomic_save(bundle.model.state_dict(), out / "clip_random_init.pt"))
+        bundle = load_clip(cfg.clip.name, source, dev)
+    visual = bundle.model.visual
+    (out / "clip.json").write_text(json.dumps({
+        "clip": asdict(cfg.clip), "weights": bundle.weights,
+        "file": source if source is not None and Path(source).is_file() else None}, indent=2))
+    zs = {k: v.detach().clone() for k, v in visual.state_dict().items()}
+    checkpoint.atomic_save(zs, out / "zeroshot.pt")
+    timings = {"load": time.perf_counter() - t0}
+
+    t = time.perf_counter()
+    tasks = []
+    for spec in (cfg.task, *cfg.supported):
+        val, test = held_out(spec, bundle.preprocess_val, carve)
+        head, multilabel = head_for(bundle, spec, val, cache)
+        keep = ("rgb", "target")
+        if test is not None:
+            test = maybe_in_memory(test, cfg.in_memory, keep, f"{spec.name}/test")
+        tasks.append(EvalTask(spec.name, head.to(dev), multilabel,
+                              maybe_in_memory(val, cfg.in_memory, keep, f"{spec.name}/val"), test))
+    if cfg.augment == "paint":
+        train = training_split(cfg.task, paint_train_transform(*_image_norm(visual)), carve)
+    else:
+        train = maybe_in_memory(training_split(cfg.task, bundle.preprocess_val, carve), cfg.in_memory,
+                        ("rgb", "target"), f"{cfg.task.name}/train")
+    timings["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ft = finetune(bundle, tasks[0].head, tasks[0].multilabel, train, cfg, out, device=dev, resume=resume)
+    checkpoint.atomic_save(ft, out / "finetuned.pt")
+    timings["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores, alpha = sweep(visual, zs, ft, tasks, cfg.alphas, device=dev, batch_size=cfg.eval_batch_size,
+                          num_workers=cfg.train.num_workers)
+    timings["sweep"] = time.perf_counter() - t
+    scores.to_csv(out / "scores.csv", index=False)
+    _, val_mean = select_alpha(scores, "val")
+    checkpoint.atomic_save({k: v.detach().cpu() for k, v in visual.state_dict().items()}, out / "patched.pt")
+    (out / "selected_alpha.json").write_text(json.dumps({
+        "alpha": alpha, "paper_alpha": PAPER_ALPHA,
+        "criterion": "max mean validation " + "/".join(sorted(set(scores["metric"])))
+                     + f" over {[t.name for t in tasks]}",
+        "val_mean_by_alpha": {f"{a:g}": float(v) for a, v in val_mean.items()}}, indent=2))
+    timings["total"] = time.perf_counter() - t0
+    (out / "run.json").write_text(json.dumps({"stage": "patch", "device": str(dev), "seconds": timings,
+                                              "alpha": alpha}, indent=2))
+    return PatchResult(out, alpha, scores)
+
+
+def load_patched(out_dir: str | Path, device: torch.device | str = "cpu",
+                 cache_dir: str | Path | None = None) -> tuple[ClipBundle, float]:
+    """The CLIP model of a finished stage 1 with its image tower at the selected α, and that α."""
+    out = Path(out_dir)
+    for name in ("clip.json", "patched.pt", "selected_alpha.json"):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name}: stage 1 output missing; run `python -m mtmg patch` "
+                                    "first or point teacher_dir at its output folder")
+    info = json.loads((out / "clip.json").read_text())
+    if info.get("file") and Path(info["file"]).is_file():
+        bundle = load_clip(info["clip"]["name"], info["file"], device)
+    else:
+        bundle = load_clip_spec(ClipSpec(**info["clip"]), Path(cache_dir) if cache_dir else paths.cache_dir(), device)
+    if bundle.weights != info["weights"]:
+        raise ValueError(f"{out / 'clip.json'}: stage 1 started from CLIP weights {info['weights']} but "
+                         f"{bundle.weights} were found now; re-run stage 1 (python -m mtmg patch) with this setup")
+    bundle.model.visual.load_state_dict(checkpoint.load(out / "patched.pt"))
+    return bundle, float(json.loads((out / "selected_alpha.json").read_text())["alpha"])
