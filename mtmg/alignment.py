@@ -39,7 +39,7 @@ from mtmg.models import ZeroShotHead
 from mtmg.patching import PRIMARY_METRIC, head_for, held_out, load_patched, maybe_in_memory, stage_dir, \
     task_loss, training_split
 from mtmg.student import Student, build_student
-from mtmg.training import LossFn, fit
+from mtmg.training import LossFn, fit, is_main, main_first
 
 TEACHER_CACHE = "teacher_cache.pt"
 
@@ -160,9 +160,10 @@ def align(teacher: nn.Module, student: Student, head: ZeroShotHead, multilabel: 
     cache = None
     if cfg.teacher_cache:
         views = 8 if cfg.augment == "d4" else 1
-        cache = cached_teacher_embeddings(teacher, train, views, out_dir / TEACHER_CACHE,
-                                          _fingerprint(cache_key, views, len(train)), device=device,
-                                          batch_size=cfg.eval_batch_size, num_workers=cfg.train.num_workers)
+        with main_first():
+            cache = cached_teacher_embeddings(teacher, train, views, out_dir / TEACHER_CACHE,
+                                              _fingerprint(cache_key, views, len(train)), device=device,
+                                              batch_size=cfg.eval_batch_size, num_workers=cfg.train.num_workers)
     augment = {"d4": random_d4(("rgb", "ms")), "d4_student": random_d4(("ms",)), "none": None}[cfg.augment]
     loss_fn = make_loss(teacher, head, multilabel, kind=cfg.feature_loss, cls_weight=cfg.cls_weight, cache=cache)
     fit(student, loss_fn, train, cfg.train, out_dir / "train", device=device, resume=resume,
@@ -171,28 +172,33 @@ def align(teacher: nn.Module, student: Student, head: ZeroShotHead, multilabel: 
 
 
 def run_alignment(cfg: AlignConfig, *, out_dir: str | Path | None = None, device: str = "auto",
-                  resume: bool = False) -> AlignResult:
-    """Stage 2 end to end: load the patched teacher, train the student, evaluate both, write the table."""
-    t0 = time.perf_counter()
-    out = stage_dir(cfg.profile, "align", out_dir, cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    dev = resolve_device(device)
-    cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
-    carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
-    teacher_dir = stage_dir(cfg.profile, "patch", None, cfg.teacher_dir)
-    bundle, alpha = load_patched(teacher_dir, dev, cache)
-    teacher = bundle.model.visual.requires_grad_(False).eval()
-    timings = {"load": time.perf_counter() - t0}
+                  resume: bool = False) -> AlignResult | None:
+    """Stage 2 end to end: load the patched teacher, train the student, evaluate both, write the table.
 
-    t = time.perf_counter()
-    ms_tf = _ms_transform(cfg.ms_size)
-    train = maybe_in_memory(training_split(cfg.data, bundle.preprocess_val, carve, ms_tf), cfg.in_memory,
-                            ("rgb", "ms", "target"), f"{cfg.data.name}/train")
-    head, multilabel = head_for(bundle, cfg.data, train, cache)
-    with torch.no_grad():
-        dim = teacher.to(dev)(train[0]["rgb"][None].to(dev)).shape[-1]
-    timings["data"] = time.perf_counter() - t
+    Under ``torchrun`` every rank trains the student (data-parallel); rank 0 alone then evaluates and
+    writes the outputs, and the other ranks return ``None`` at once.
+    """
+    t0 = time.perf_counter()
+    with main_first():  # under torchrun rank 0 prepares first; the other ranks reuse its caches
+        out = stage_dir(cfg.profile, "align", out_dir, cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        dev = resolve_device(device)
+        cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
+        carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
+        teacher_dir = stage_dir(cfg.profile, "patch", None, cfg.teacher_dir)
+        bundle, alpha = load_patched(teacher_dir, dev, cache)
+        teacher = bundle.model.visual.requires_grad_(False).eval()
+        timings = {"load": time.perf_counter() - t0}
+
+        t = time.perf_counter()
+        ms_tf = _ms_transform(cfg.ms_size)
+        train = maybe_in_memory(training_split(cfg.data, bundle.preprocess_val, carve, ms_tf), cfg.in_memory,
+                                ("rgb", "ms", "target"), f"{cfg.data.name}/train")
+        head, multilabel = head_for(bundle, cfg.data, train, cache)
+        with torch.no_grad():
+            dim = teacher.to(dev)(train[0]["rgb"][None].to(dev)).shape[-1]
+        timings["data"] = time.perf_counter() - t
 
     torch.manual_seed(cfg.train.seed)
     student = build_student(cfg.student, dim)
@@ -201,6 +207,8 @@ def run_alignment(cfg: AlignConfig, *, out_dir: str | Path | None = None, device
     patched_id = hashlib.sha256((teacher_dir / "patched.pt").read_bytes()).hexdigest()
     align(teacher, student, head, multilabel, train, cfg, out, device=dev, resume=resume,
           cache_key=_fingerprint(patched_id, cfg.data, cfg.ms_size, cfg.in_memory))
+    if not is_main():
+        return None
     timings["train"] = time.perf_counter() - t
     checkpoint.atomic_save({k: v.detach().cpu() for k, v in student.state_dict().items()}, out / "student.pt")
 

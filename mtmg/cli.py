@@ -4,11 +4,13 @@ function per subcommand."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from mtmg import __version__
 
@@ -157,6 +159,29 @@ def _add_stage_arguments(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--resume", action="store_true", help="continue training from the last checkpoint in the output folder")
 
 
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[str]:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the process group, NCCL on CUDA and Gloo on the CPU, and
+    yield this rank's device (``cuda:LOCAL_RANK`` on CUDA); otherwise yield ``device`` unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device
+        return
+    import torch
+    import torch.distributed as dist
+
+    from mtmg.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield str(dev)
+    finally:
+        dist.destroy_process_group()
+
+
 def add_patch_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "patch", help="stage 1: PAINT patching of CLIP's image tower on RGB composites",
@@ -171,8 +196,11 @@ def run_patch(args: argparse.Namespace) -> int:
     from mtmg.config import PatchConfig, load_config
     from mtmg.patching import run_patching
 
-    result = run_patching(load_config(args.config, PatchConfig), out_dir=args.out, device=args.device,
-                          resume=args.resume)
+    with _process_group(args.device) as device:
+        result = run_patching(load_config(args.config, PatchConfig), out_dir=args.out, device=device,
+                              resume=args.resume)
+    if result is None:  # a rank other than 0 under torchrun
+        return 0
     table = result.scores.pivot_table(index="alpha", columns=["task", "split"], values="value")
     print((100 * table).round(2).to_string())
     print(f"selected alpha (mean validation score): {result.alpha:g}; outputs in {result.out_dir}")
@@ -193,8 +221,11 @@ def run_align(args: argparse.Namespace) -> int:
     from mtmg.alignment import run_alignment
     from mtmg.config import AlignConfig, load_config
 
-    result = run_alignment(load_config(args.config, AlignConfig), out_dir=args.out, device=args.device,
-                           resume=args.resume)
+    with _process_group(args.device) as device:
+        result = run_alignment(load_config(args.config, AlignConfig), out_dir=args.out, device=device,
+                               resume=args.resume)
+    if result is None:  # a rank other than 0 under torchrun
+        return 0
     table = result.results.pivot_table(index=["dataset", "split", "model", "modality"], columns="metric",
                                        values="value", sort=False)
     print((100 * table).round(2).to_string())

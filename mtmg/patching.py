@@ -32,7 +32,7 @@ from mtmg.config import ClipSpec, DataSpec, PatchConfig, save_config
 from mtmg.device import resolve_device
 from mtmg.evaluation import evaluate_zeroshot
 from mtmg.models import RANDOM_INIT, ClipBundle, ImageClassifier, ZeroShotHead, load_clip
-from mtmg.training import InMemoryDataset, fit
+from mtmg.training import InMemoryDataset, fit, is_main, main_first
 
 PRIMARY_METRIC = {False: "top1", True: "macro_ap"}
 PAPER_ALPHA = 0.5
@@ -273,48 +273,57 @@ def finetune(bundle: ClipBundle, head: ZeroShotHead, multilabel: bool, train: Da
 
 
 def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device: str = "auto",
-                 resume: bool = False) -> PatchResult:
-    """Stage 1 end to end: fine-tune, sweep α on validation splits, save endpoints and the patched tower."""
+                 resume: bool = False) -> PatchResult | None:
+    """Stage 1 end to end: fine-tune, sweep α on validation splits, save endpoints and the patched tower.
+
+    Under ``torchrun`` every rank fine-tunes (data-parallel); rank 0 alone then sweeps α and writes the
+    outputs, and the other ranks return ``None`` at once (a barrier could time out during a long sweep).
+    """
     t0 = time.perf_counter()
-    out = stage_dir(cfg.profile, "patch", out_dir, cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    dev = resolve_device(device)
-    cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
-    carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
+    with main_first():  # under torchrun rank 0 prepares first; the other ranks reuse its caches
+        out = stage_dir(cfg.profile, "patch", out_dir, cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        dev = resolve_device(device)
+        cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
+        carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
 
-    source = clip_source(cfg.clip, cache, dev)
-    bundle = load_clip(cfg.clip.name, source, dev)
-    if bundle.weights == RANDOM_INIT:  # keep the random weights so that stage 2 sees the same model
-        source = str(checkpoint.atomic_save(bundle.model.state_dict(), out / "clip_random_init.pt"))
+        source = clip_source(cfg.clip, cache, dev)
         bundle = load_clip(cfg.clip.name, source, dev)
-    visual = bundle.model.visual
-    (out / "clip.json").write_text(json.dumps({
-        "clip": asdict(cfg.clip), "weights": bundle.weights,
-        "file": source if source is not None and Path(source).is_file() else None}, indent=2))
-    zs = {k: v.detach().clone() for k, v in visual.state_dict().items()}
-    checkpoint.atomic_save(zs, out / "zeroshot.pt")
-    timings = {"load": time.perf_counter() - t0}
+        if bundle.weights == RANDOM_INIT:  # keep the random weights (rank 0's) so that stage 2 sees the same model
+            source = str(out / "clip_random_init.pt")
+            if is_main():
+                checkpoint.atomic_save(bundle.model.state_dict(), source)
+            bundle = load_clip(cfg.clip.name, source, dev)
+        visual = bundle.model.visual
+        (out / "clip.json").write_text(json.dumps({
+            "clip": asdict(cfg.clip), "weights": bundle.weights,
+            "file": source if source is not None and Path(source).is_file() else None}, indent=2))
+        zs = {k: v.detach().clone() for k, v in visual.state_dict().items()}
+        checkpoint.atomic_save(zs, out / "zeroshot.pt")
+        timings = {"load": time.perf_counter() - t0}
 
-    t = time.perf_counter()
-    tasks = []
-    for spec in (cfg.task, *cfg.supported):
-        val, test = held_out(spec, bundle.preprocess_val, carve)
-        head, multilabel = head_for(bundle, spec, val, cache)
-        keep = ("rgb", "target")
-        if test is not None:
-            test = maybe_in_memory(test, cfg.in_memory, keep, f"{spec.name}/test")
-        tasks.append(EvalTask(spec.name, head.to(dev), multilabel,
-                              maybe_in_memory(val, cfg.in_memory, keep, f"{spec.name}/val"), test))
-    if cfg.augment == "paint":
-        train = training_split(cfg.task, paint_train_transform(*_image_norm(visual)), carve)
-    else:
-        train = maybe_in_memory(training_split(cfg.task, bundle.preprocess_val, carve), cfg.in_memory,
-                        ("rgb", "target"), f"{cfg.task.name}/train")
-    timings["data"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tasks = []
+        for spec in (cfg.task, *cfg.supported):
+            val, test = held_out(spec, bundle.preprocess_val, carve)
+            head, multilabel = head_for(bundle, spec, val, cache)
+            keep = ("rgb", "target")
+            if test is not None:
+                test = maybe_in_memory(test, cfg.in_memory, keep, f"{spec.name}/test")
+            tasks.append(EvalTask(spec.name, head.to(dev), multilabel,
+                                  maybe_in_memory(val, cfg.in_memory, keep, f"{spec.name}/val"), test))
+        if cfg.augment == "paint":
+            train = training_split(cfg.task, paint_train_transform(*_image_norm(visual)), carve)
+        else:
+            train = maybe_in_memory(training_split(cfg.task, bundle.preprocess_val, carve), cfg.in_memory,
+                            ("rgb", "target"), f"{cfg.task.name}/train")
+        timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ft = finetune(bundle, tasks[0].head, tasks[0].multilabel, train, cfg, out, device=dev, resume=resume)
+    if not is_main():
+        return None
     checkpoint.atomic_save(ft, out / "finetuned.pt")
     timings["finetune"] = time.perf_counter() - t
 

@@ -5,9 +5,13 @@ Reproducibility does not depend on data-loader workers: the sampler yields ``(in
 a permutation fixed by ``(seed, epoch)``, and every item is loaded and augmented under its own seed
 (:class:`SeededDataset`). Resuming therefore only needs the step count, the model, optimiser and
 scheduler states, and the global generator states (dropout, drop-path).
+
+Under ``torchrun`` (a process group initialised, see :func:`fit`) the same loop runs data-parallel:
+every rank takes its slice of each global batch and DistributedDataParallel averages the gradients.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -20,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
@@ -60,6 +66,66 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.n - self.start)
+
+
+class RankBatches(Sampler):
+    """This rank's part of each global batch of ``batch_size`` keys of ``sampler``.
+
+    A global batch is split into ``world`` contiguous slices whose sizes differ by at most one (only the
+    last, incomplete batch of an epoch can be uneven); with ``world == 1`` the slice is the whole batch.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, rank: int = 0, world: int = 1):
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch = []
+        for key in self.sampler:
+            batch.append(key)
+            if len(batch) == self.batch_size:
+                yield self._slice(batch)
+                batch = []
+        if batch and not self.drop_last:
+            yield self._slice(batch)
+
+    def _slice(self, batch: list) -> list:
+        return batch[len(batch) * self.rank // self.world:len(batch) * (self.rank + 1) // self.world]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without an initialised process group."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def is_main() -> bool:
+    """Whether this process writes outputs: rank 0, or the only process."""
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block before the other ranks, which then reuse what it cached on disk."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def _global_mean(values: dict[str, float], share: float, device: torch.device) -> dict[str, float]:
+    """Means over the global batch of per-rank means; ``share`` is this rank's fraction of the batch."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor([v * share for v in values.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
 
 
 class SeededDataset(Dataset):
@@ -175,6 +241,16 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
     ``loss_fn`` returns the loss and extra numbers to log; ``model`` is ``module`` or its compiled
     form. ``out_dir`` receives ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps and at the end)
     and ``train_log.csv``. With ``resume`` the run continues from ``checkpoint.pt`` if present.
+
+    With an initialised process group (``torchrun``, see ``mtmg.cli``), ``model`` is ``module`` wrapped
+    in DistributedDataParallel and each rank takes a contiguous slice of every global batch of the
+    single-process order, so the global batch stays ``cfg.batch_size`` (which the world size must
+    divide). ``loss_fn`` must return a mean over the items of its batch: each rank's loss is weighted by
+    its share of the global batch, so the averaged gradient is the one of the global mean loss, also
+    for the last, incomplete batch of an epoch (which needs at least one item per rank, else
+    ``drop_last``). Logged numbers are global means. Only rank 0 writes the log and checkpoints; every
+    rank resumes from the same checkpoint (random generators included, as rank 0 saved them: dropout
+    masks on other ranks then differ from an uninterrupted run).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +262,13 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
     spe, total = steps_per_epoch(n, cfg), total_steps(n, cfg)
     if spe == 0:
         raise ValueError(f"{desc}: {n} items give no full batch of {cfg.batch_size}; lower batch_size or drop_last")
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ValueError(f"{desc}: batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    if not cfg.drop_last and 0 < n % cfg.batch_size < world:
+        raise ValueError(f"{desc}: the last batch of each epoch has {n % cfg.batch_size} items for {world} "
+                         "processes; set drop_last: true or change batch_size")
+    main = rank == 0
     meta = _meta(cfg, n)
 
     module.to(device).train()
@@ -199,57 +282,64 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
     if resume and ckpt_path.is_file():
         start = _restore(ckpt_path, module, opt, sched, meta)
     else:
-        if resume:
+        if resume and main:
             tqdm.write(f"{desc}: no checkpoint in {out_dir}; starting from step 0")
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-    model = torch.compile(module) if cfg.compile else module
+    model = DistributedDataParallel(module) if world > 1 else module
+    model = torch.compile(model) if cfg.compile else model
     wrapped = SeededDataset(dataset, augment)
 
     fields = ["step", "epoch", "lr", "loss", "grad_norm", "seconds"]
-    log, writer, elapsed = _reopen_log(log_path, start)
+    log, writer, elapsed = _reopen_log(log_path, start) if main else (None, None, 0.0)
     t0 = time.perf_counter()
     step = start
-    pbar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+    pbar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, disable=not main)
     try:
         while step < total:
             epoch, within = divmod(step, spe)
-            loader = DataLoader(wrapped, batch_size=cfg.batch_size, drop_last=cfg.drop_last,
-                                sampler=EpochSampler(n, cfg.seed, epoch, within * cfg.batch_size),
-                                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+            batches = RankBatches(EpochSampler(n, cfg.seed, epoch, within * cfg.batch_size), cfg.batch_size,
+                                  cfg.drop_last, rank, world)
+            loader = DataLoader(wrapped, batch_sampler=batches, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
             for batch in loader:
+                share = len(batch["index"]) / min(cfg.batch_size, n - (step % spe) * cfg.batch_size)
                 batch = _to_device(batch, device)
                 lr = sched.get_last_lr()[0]
                 with autocast(device):
                     loss, extra = loss_fn(model, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}; lower the learning "
+                stats = _global_mean({"loss": loss.item(), **extra}, share, device)
+                if not math.isfinite(stats["loss"]):
+                    raise FloatingPointError(f"{desc}: loss is {stats['loss']} at step {step}; lower the learning "
                                              "rate or check the inputs")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (world * share)).backward()  # DDP averages over ranks: the gradient of the global mean
                 grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
                 opt.step()
                 sched.step()
                 step += 1
-                row = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),
-                       "grad_norm": float(grad_norm), "seconds": round(elapsed + time.perf_counter() - t0, 3), **extra}
-                if writer is None:
-                    writer = _writer(log, fields + [k for k in row if k not in fields])
-                writer.writerow(row)
-                log.flush()
                 pbar.update(1)
-                pbar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-                if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                    checkpoint.atomic_save({"model": module.state_dict(), "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "step": step, "meta": meta,
-                                            "rng": checkpoint.rng_state()}, ckpt_path)
+                pbar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{lr:.2e}")
+                if main:
+                    row = {"step": step, "epoch": epoch, "lr": lr, **stats, "grad_norm": float(grad_norm),
+                           "seconds": round(elapsed + time.perf_counter() - t0, 3)}
+                    if writer is None:
+                        writer = _writer(log, fields + [k for k in row if k not in fields])
+                    writer.writerow(row)
+                    log.flush()
+                    if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                        checkpoint.atomic_save({"model": module.state_dict(), "optimizer": opt.state_dict(),
+                                                "scheduler": sched.state_dict(), "step": step, "meta": meta,
+                                                "rng": checkpoint.rng_state()}, ckpt_path)
                 if step >= total:
                     break
     finally:
         pbar.close()
-        log.close()
+        if log is not None:
+            log.close()
+    barrier()  # the final checkpoint is written before any rank goes on
     return FitResult(steps=total, resumed_from=start, checkpoint=ckpt_path, log=log_path,
                      seconds=time.perf_counter() - t0)
 
