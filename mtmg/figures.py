@@ -137,7 +137,7 @@ def per_class_scores(classes: Sequence[str], values: Sequence[float | None], tit
     if chance is not None:
         ax.axvline(100 * chance, color="black", linestyle="--", label=f"chance ({100 * chance:.0f} %)")
         ax.legend(fontsize="small", loc="lower right")
-    ax.set_xlim(0, 100)
+    ax.set_xlim(0, 108)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("class")
     ax.set_title(title)
@@ -390,6 +390,7 @@ def gains_comparison(gains: pd.DataFrame, profile: str, title: str = "Gain from 
     bars = ours.bar(np.arange(len(gains)), gains["gain (points)"],
                     color=["C0" if r == "remote sensing" else "C1" for r in gains["role"]])
     ours.bar_label(bars, fmt="%+.1f", fontsize="small")
+    ours.margins(y=0.15)
     ours.set_xticks(np.arange(len(gains)), [d.replace(" (", "\n(") for d in gains["dataset"]], fontsize="small")
     ours.axhline(0, color="black", lw=0.8)
     ours.set_xlabel("dataset")

@@ -4,16 +4,12 @@ A *profile* is a folder of stage configs, ``configs/default`` (the embedded mini
 ``configs/paper``; :func:`load_profile` reads it into a :class:`Profile`. The ``ensure_*`` functions
 return a stage's outputs, running the stage first when they are missing or stale:
 
-=============================  ======================================  =============================
-function                       stage                                   folder
-=============================  ======================================  =============================
-:func:`ensure_zeroshot`        zero-shot CLIP on every dataset         ``runs/<profile>/zeroshot``
-:func:`ensure_patch`           :func:`mtmg.patching.run_patching`      ``runs/<profile>/patch``
-:func:`ensure_align`           :func:`mtmg.alignment.run_alignment`    ``runs/<profile>/align``
-:func:`ensure_embeddings`      text, RGB and MS test embeddings        ``runs/<profile>/embeddings``
-:func:`ensure_layout`          2-D UMAP / PCA layout of them           ``runs/<profile>/embeddings``
-:func:`ensure_patched_zeroshot`  patched CLIP on every dataset         ``runs/<profile>/zeroshot_patched``
-=============================  ======================================  =============================
+- :func:`ensure_zeroshot`: zero-shot CLIP on every dataset (``runs/<profile>/zeroshot``);
+- :func:`ensure_patch`: :func:`mtmg.patching.run_patching` (``runs/<profile>/patch``);
+- :func:`ensure_align`: :func:`mtmg.alignment.run_alignment` (``runs/<profile>/align``);
+- :func:`ensure_embeddings`: text, RGB and MS test embeddings (``runs/<profile>/embeddings``);
+- :func:`ensure_layout`: their joint 2-D UMAP or PCA layout (cached beside them);
+- :func:`ensure_patched_zeroshot`: patched CLIP on every dataset (``runs/<profile>/zeroshot_patched``).
 
 Each stage folder holds a ``pipeline.json`` with a fingerprint of the stage's config, of the library
 code it runs and of the stage outputs it reads; a different fingerprint means the outputs are stale
@@ -255,6 +251,16 @@ def load_profile(profile: str = "default", *, device: str = "auto", data_roots: 
         raise ValueError(f"{folder}: align.yaml reads its teacher from {teacher} but patch.yaml writes to "
                          f"{prof.stage_dir('patch')}; set teacher_dir and out_dir to the same folder")
     return prof
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` CPU threads for torch in this process (None keeps the current setting); returns
+    the number in use. One thread is the fastest for the miniature on a machine shared with other jobs."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be a positive number of CPU threads, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 # --- stage bookkeeping -----------------------------------------------------------------------------------

@@ -182,13 +182,14 @@ def summarize_zeroshot(results: Mapping[str, Any]) -> str:
     if single:
         e = single[0]
         acc = np.array([np.nan if v is None else v for v in e["per_class"]])
-        worst = [e["classes"][i] for i in np.argsort(acc, kind="stable")[:3]]
         best = e["classes"][int(np.nanargmax(acc))]
         zero = [c for c, a in zip(e["classes"], acc) if a == 0]
-        text.append(f"On {dataset_label(e['dataset'], e['root'])} the weakest classes are {', '.join(worst)}; "
-                    f"the best is {best} ({pct(np.nanmax(acc))}).")
+        text.append(f"On {dataset_label(e['dataset'], e['root'])} the best class is {best} ({pct(np.nanmax(acc))}).")
         if zero:
             text.append(f"{len(zero)} of {len(acc)} classes are never recognised ({', '.join(zero)}).")
+        else:
+            worst = [e["classes"][i] for i in np.argsort(acc, kind="stable")[:3]]
+            text.append(f"The weakest classes are {', '.join(worst)}.")
         confused = most_confused(e, 2)
         if confused:
             text.append("Most frequent confusions: " + "; ".join(f"{t} taken for {p} ({n}×)" for t, p, n in confused)

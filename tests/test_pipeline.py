@@ -219,7 +219,6 @@ def test_zeroshot_stage_writes_per_class_results(tiny):
     assert list(csv["dataset"]) == ["eurosat_ms", "synthetic"]
 
 
-@pytest.mark.slow
 def test_tiny_end_to_end_embeddings_and_layout(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -344,3 +343,11 @@ def test_code_hash_covers_the_stage_modules(tmp_path, monkeypatch):
     assert pipeline.code_hash("align") != before
     (package / "datasets" / "a.py").write_text("y = 1\n")
     assert pipeline.code_hash("align") == before
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    assert pipeline.set_threads(None) == before
+    assert pipeline.set_threads(1) == 1 == torch.get_num_threads()
+    with pytest.raises(ValueError, match="positive"):
+        pipeline.set_threads(0)

@@ -101,7 +101,10 @@ def test_zeroshot_table_and_summary():
     text = report.summarize_zeroshot(ZEROSHOT)
     assert "**60.0 %**" in text and "15.0 points lower" in text
     assert "1 of 4 classes are never recognised (C1)" in text
-    assert "C1 taken for C2 (10×)" in text and "best is C2 (90.0 %)" in text
+    assert "C1 taken for C2 (10×)" in text and "best class is C2 (90.0 %)" in text
+    assert "weakest" not in text
+    all_seen = {"model": "M", "datasets": [dict(ZEROSHOT["datasets"][0], per_class=[0.8, 0.1, 0.9, 0.7])]}
+    assert "The weakest classes are C1, C3, C0." in report.summarize_zeroshot(all_seen)
 
 
 def test_zeroshot_summary_reports_a_remote_sensing_lead_too():
