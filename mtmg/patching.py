@@ -186,15 +186,11 @@ def training_split(spec: DataSpec, transform: Any, carve: tuple[float, int, int]
 
 def task_info(spec: DataSpec, dataset: Dataset) -> tuple[list[str], list[str], bool]:
     """(class names, templates, multilabel) of a task: ``spec.prompt_key`` of :mod:`mtmg.prompts` if set,
-    MiniCLIP's supported-task prompts for ``synthetic``, else the dataset's own (``prompts.for_dataset``)."""
+    else the dataset's own (``prompts.for_dataset``)."""
     from mtmg import prompts
 
     if spec.prompt_key:
         names, templates = prompts.classnames(spec.prompt_key), prompts.templates(spec.prompt_key)
-    elif spec.name == "synthetic":
-        from mtmg.synthetic import SUPPORTED_CLASSNAMES, SUPPORTED_TEMPLATES
-
-        names, templates = SUPPORTED_CLASSNAMES, SUPPORTED_TEMPLATES
     else:
         names, templates = prompts.for_dataset(dataset)
     if len(names) != len(dataset.classes):

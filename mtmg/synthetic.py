@@ -503,6 +503,8 @@ class SyntheticScenes(Dataset):
     """
 
     classes = list(SUPPORTED_CLASSNAMES)
+    classnames = list(SUPPORTED_CLASSNAMES)
+    templates = list(SUPPORTED_TEMPLATES)
     multilabel = False
     prompt_key = SUPPORTED_PROMPT_KEY
 
