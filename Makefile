@@ -14,7 +14,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 EXECUTED := $(patsubst notebooks/%,book/executed/%,$(NOTEBOOKS))
 SOURCES := $(shell find mtmg configs -name '*.py' -o -name '*.yaml' -o -name '*.json' 2>/dev/null)
 
-.PHONY: install test unit notebooks nbval book clean-book
+.PHONY: install test unit notebooks nbval book book-browser lab clean-book
 
 install: $(STAMP)
 
@@ -26,7 +26,8 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 unit: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py --ignore=tests/test_book_browser.py
 
 # Each notebook is executed into book/executed/; a failed run leaves the previous good copy in place.
 book/executed/%.ipynb: notebooks/%.ipynb $(STAMP) $(SOURCES)
@@ -42,6 +43,16 @@ test: unit nbval
 book: notebooks
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@test -f _build/html/index.html
+	$(MAKE) book-browser
+
+# Every page of the built book in headless Chromium with networking off (skipped, with the install
+# command, where Chromium is absent); screenshots go to _build/screenshots/.
+book-browser: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider tests/test_book_browser.py -q -rs
+
+# Open the notebooks in JupyterLab (the workshop set-up).
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean-book:
 	rm -rf _build book/executed

@@ -2,7 +2,7 @@
 random weights and synthetic batches, for step timing and memory accounting.
 
 * patch: the whole CLIP model on the device (as ``mtmg.patching.run_patching`` loads it), its image
-  tower trained through a frozen zero-shot head with ``mtmg.patching.task_loss`` (the loss of
+  tower trained through a frozen zero-shot head with ``mtmg.losses.task_loss`` (the loss of
   ``mtmg.patching.finetune``);
 * align: the whole CLIP model on the device (``mtmg.patching.load_patched``), its image tower as the
   frozen teacher, the student of ``mtmg.student.build_student`` and the loss of
@@ -20,17 +20,16 @@ from typing import Any
 
 import open_clip
 import torch
-from torch import nn
-
 from _common import ROOT
+from torch import nn
 
 from mtmg import prompts
 from mtmg.alignment import make_loss
-from mtmg.config import AlignConfig, PatchConfig, TrainConfig, load_config
+from mtmg.config import AlignConfig, ClipSpec, PatchConfig, TrainConfig, load_config
 from mtmg.datasets import dataset_class
 from mtmg.device import autocast
+from mtmg.losses import task_loss
 from mtmg.models import ZeroShotHead
-from mtmg.patching import task_loss
 from mtmg.student import build_student
 
 PATCH_YAML = ROOT / "configs" / "paper" / "patch.yaml"
@@ -101,11 +100,13 @@ def patch_step(cfg: PatchConfig, device: torch.device, size: int | None = None) 
     return Step("patch", visual, [model], loss_fn, make_batch, cfg.train, side)
 
 
-def align_step(cfg: AlignConfig, device: torch.device, *, cache: bool = True, size: int | None = None) -> Step:
-    """Stage 2 step of ``cfg``: the student trained against the frozen ViT tower (cached or recomputed)."""
-    patch_cfg, _ = paper_configs()
+def align_step(cfg: AlignConfig, device: torch.device, *, cache: bool = True, size: int | None = None,
+               clip: ClipSpec | None = None) -> Step:
+    """Stage 2 step of ``cfg``: the student trained against the frozen ViT tower (cached or recomputed) of
+    ``clip`` (default: the paper profile's CLIP)."""
+    clip = clip or paper_configs()[0].clip
     torch.manual_seed(0)
-    model = _clip(patch_cfg.clip.name, patch_cfg.clip.pretrained, size, device)
+    model = _clip(clip.name, clip.pretrained, size, device)
     model.requires_grad_(False)
     teacher = model.visual.eval()
     dim = model.text_projection.shape[1]

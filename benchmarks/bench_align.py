@@ -29,9 +29,8 @@ from pathlib import Path
 
 import open_clip
 import torch
-from torchvision.transforms import InterpolationMode, Resize
-
 from _common import ROOT, footer, machine_header, setup_threads, table
+from torchvision.transforms import InterpolationMode, Resize
 
 from mtmg import alignment, prompts
 from mtmg.config import AlignConfig, StudentConfig, TrainConfig

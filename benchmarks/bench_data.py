@@ -31,9 +31,8 @@ from pathlib import Path
 import open_clip
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
-
 from _common import ROOT, footer, interleaved, machine_header, setup_threads, spread, table
+from rasterio.errors import NotGeoreferencedWarning
 
 from mtmg.datasets import get_dataset, write_shards
 from mtmg.datasets.bigearthnet import S2_DIRS_V1

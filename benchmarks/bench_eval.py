@@ -27,10 +27,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import ROOT, footer, interleaved, machine_header, setup_threads, spread, table
 from torch import nn
 from torch.utils.data import DataLoader
-
-from _common import ROOT, footer, interleaved, machine_header, setup_threads, spread, table
 
 from mtmg import prompts
 from mtmg.datasets import DatasetSubset, get_dataset

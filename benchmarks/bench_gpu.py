@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from _common import footer, machine_header, table
 from _paper import Step, align_step, optimizer, paper_configs, patch_step, train_step
+from torch.utils.flop_counter import FlopCounterMode
 
 from mtmg.device import autocast
 

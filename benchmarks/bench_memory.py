@@ -1,6 +1,6 @@
-"""Estimated peak device memory of the paper profile's training steps (configs/paper), on the CPU.
+"""Estimated peak device memory of a paper profile's training steps (configs/paper*), on the CPU.
 
-    .venv/bin/python benchmarks/bench_memory.py [--batches 1 2]
+    .venv/bin/python benchmarks/bench_memory.py [--profile paper|paper_vit_b16|paper_vit_l14] [--batches 1 2]
 
 Estimate = weights of every module held on the device (fp32) + gradients of the trained parameters
 (fp32) + AdamW's two moment buffers (fp32) + the batch tensors + the tensors autograd saves for the
@@ -20,9 +20,10 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from _common import ROOT, footer, machine_header, setup_threads, table
+from _paper import Step, align_step, param_bytes, patch_step
 
-from _common import footer, machine_header, setup_threads, table
-from _paper import Step, align_step, paper_configs, param_bytes, patch_step
+from mtmg.config import AlignConfig, PatchConfig, load_config
 
 GIB = 2**30
 CPU = torch.device("cpu")
@@ -97,12 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs=2, default=(1, 2), help="the two small batch sizes counted")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--profile", default="paper", help="a profile folder under configs/ (default paper)")
     args = parser.parse_args(argv)
     setup_threads(args.threads)
-    print(machine_header("bench_memory: estimated peak memory of the paper-profile steps"), flush=True)
-    patch_cfg, align_cfg = paper_configs()
+    print(machine_header(f"bench_memory: estimated peak memory of the {args.profile} profile's steps"), flush=True)
+    folder = ROOT / "configs" / args.profile
+    patch_cfg = load_config(folder / "patch.yaml", PatchConfig)
+    align_cfg = load_config(folder / "align.yaml", AlignConfig)
     steps = [(patch_step(patch_cfg, CPU), patch_cfg.train.batch_size),
-             (align_step(align_cfg, CPU, cache=align_cfg.teacher_cache), align_cfg.train.batch_size)]
+             (align_step(align_cfg, CPU, cache=align_cfg.teacher_cache, clip=patch_cfg.clip),
+              align_cfg.train.batch_size)]
     for step, batch in steps:
         print(report(estimate(step, batch, tuple(args.batches))), flush=True)
     print(footer())

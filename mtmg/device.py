@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -28,8 +31,61 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def autocast(device: str | torch.device) -> ContextManager:
+def autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; a no-op elsewhere (CPU runs stay in fp32)."""
     if torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread, then restore the previous number.
+
+    For per-sample work (decoding, views, transforms of one tile): its tensors are too small to gain
+    from a second thread, and each operation that the pool splits waits for every pool thread to be
+    scheduled, which on a busy machine takes milliseconds. Batch-level work stays on the full pool.
+    Switching costs well under a microsecond.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def idle_cores(interval: float = 0.25) -> float | None:
+    """How many cores all processes together left idle during ``interval`` seconds (Linux ``/proc/stat``);
+    None where that cannot be read."""
+    def snapshot() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all (guest time is already in user)
+
+    try:
+        idle0, total0 = snapshot()
+        time.sleep(interval)
+        idle1, total1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def default_threads() -> int:
+    """Torch CPU threads for this process now: every usable core when the cores are idle, else the
+    number of idle cores (at least one).
+
+    Torch's thread pool splits each operation and waits for every thread to finish its share; a thread
+    whose core is busy with another process runs only when the scheduler lets it, so on a shared
+    machine two threads can be several times slower than one (``benchmarks/bench_threads.py``).
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = idle_cores()
+    if idle is None:
+        return usable
+    return max(1, min(usable, int(idle + 0.25)))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from mtmg import checkpoint
 from mtmg.device import autocast
 
 
@@ -68,14 +69,11 @@ def extract_embeddings(
     ``cache_key`` (any file is reused when ``cache_key`` is None) and written otherwise.
     """
     path = Path(cache_path) if cache_path is not None else None
-    if path is not None and path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if cache_key is None or stored.get("key") == cache_key:
-            return stored["embeddings"], stored["targets"]
+    stored = checkpoint.load_cache(path) if path is not None else None  # a corrupt file is a cache miss
+    if (isinstance(stored, dict) and {"embeddings", "targets"} <= set(stored)
+            and (cache_key is None or stored.get("key") == cache_key)):
+        return stored["embeddings"], stored["targets"]
     embeddings, targets = run_encoder(encoder, loader, key, device, desc)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"key": cache_key or "", "embeddings": embeddings, "targets": targets}, tmp)
-        os.replace(tmp, path)
+        checkpoint.atomic_save({"key": cache_key or "", "embeddings": embeddings, "targets": targets}, path)
     return embeddings, targets

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -18,18 +18,28 @@ def evaluate_zeroshot(
     multilabel: bool = False,
     device: str | torch.device | None = None,
     desc: str = "zero-shot",
+    empty_class: str = "drop",
 ) -> dict:
-    """Run ``classifier`` on ``batch[key]`` and score its logits.
+    """Run ``classifier`` on ``batch[key]`` and score its logits (fp32: the head runs outside autocast).
 
     Single-label: {"top1", "per_class_accuracy" (list, NaN for absent classes), "confusion_matrix",
-    "n_samples"}. Multi-label: {"macro_ap", "per_class_ap" (list, NaN for classes without positives),
-    "n_samples"}. Values are fractions in [0, 1]; AP uses the raw logits.
+    "n_samples"}. Multi-label: {"macro_ap" (classes without positives handled by ``empty_class``, see
+    :mod:`mtmg.metrics`), "per_class_ap", "classes_scored" (classes with a positive), "macro_ap_authors"
+    (:func:`mtmg.metrics.authors_macro_average_precision`, the paper's convention), "n_samples"}.
+    Values are fractions in [0, 1]; AP uses the raw logits.
     """
     logits, targets = run_encoder(classifier, loader, key, device, desc)
+    return score_logits(logits, targets, multilabel, empty_class)
+
+
+def score_logits(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, empty_class: str = "drop") -> dict:
+    """The scores of :func:`evaluate_zeroshot` from (N, C) logits and their targets."""
     if multilabel:
         return {
-            "macro_ap": metrics.macro_average_precision(logits, targets),
-            "per_class_ap": metrics.average_precision_per_class(logits, targets).tolist(),
+            "macro_ap": metrics.macro_average_precision(logits, targets, empty_class),
+            "per_class_ap": metrics.average_precision_per_class(logits, targets, empty_class).tolist(),
+            "classes_scored": metrics.classes_scored(targets),
+            "macro_ap_authors": metrics.authors_macro_average_precision(logits, targets),
             "n_samples": int(targets.shape[0]),
         }
     num_classes = logits.shape[1]

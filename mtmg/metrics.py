@@ -5,8 +5,15 @@ Conventions
   ties) or (N,) predicted labels; ``targets`` are (N,) integer labels.
 - Multi-label: average precision (AP) of one class is computed exactly as scikit-learn's
   ``average_precision_score``: AP = sum_n (R_n - R_{n-1}) P_n over the distinct score thresholds, so tied
-  scores form one threshold. A class with no positive sample has no AP: it is reported as NaN and left out
-  of the macro mean.
+  scores form one threshold. A class with no positive sample has no AP: by default (``empty_class="drop"``)
+  it is reported as NaN and left out of the macro mean, and :func:`classes_scored` says how many classes
+  the mean covers; ``empty_class="zero"`` counts it as AP 0, as scikit-learn and torchmetrics do (on a toy
+  case with one empty class of two: 1.0 against 0.5).
+- The authors' convention (:func:`authors_macro_average_precision`) is torchmetrics'
+  ``multilabel_average_precision`` on ``100 * cos`` logits as the reference code produced them (bf16 under
+  autocast): torchmetrics applies a sigmoid to scores outside [0, 1], which saturates to exactly 1.0 in
+  float32 and bf16 at that scale, so most scores tie and the AP falls toward the class prevalence. It is
+  reported beside the correct macro AP so the paper's numbers can be compared, never instead of it.
 - Retrieval uses cosine similarity (inputs are L2-normalised here). A relevant item counts as retrieved at
   rank r (0-based) where r is the number of *non-relevant* items whose similarity is greater than *or
   equal to* it: ties count against the query (the conservative rule), so recall never depends on the
@@ -15,7 +22,7 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -84,23 +91,60 @@ def _binary_average_precision(positive: np.ndarray, score: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
-    """(C,) average precision of each class from (N, C) scores and (N, C) multi-hot targets; NaN where a
-    class has no positive sample."""
+EMPTY_CLASS_RULES = ("drop", "zero")
+
+
+def average_precision_per_class(scores: ArrayLike, targets: ArrayLike, empty_class: str = "drop") -> np.ndarray:
+    """(C,) average precision of each class from (N, C) scores and (N, C) multi-hot targets.
+
+    A class without positive samples gets NaN (``empty_class="drop"``) or 0 (``"zero"``, the rule of
+    scikit-learn and torchmetrics).
+    """
+    if empty_class not in EMPTY_CLASS_RULES:
+        raise ValueError(f"empty_class {empty_class!r}: use one of {EMPTY_CLASS_RULES}")
     scores, targets = _np(scores).astype(np.float64), _np(targets)
     if scores.shape != targets.shape or scores.ndim != 2:
         raise ValueError(f"Need (N, C) scores and multi-hot targets of one shape, got {scores.shape}, {targets.shape}.")
     if not np.isfinite(scores).all():
         raise ValueError("Scores contain NaN or infinite values.")
     positive = targets > 0.5
-    return np.array([_binary_average_precision(positive[:, c], scores[:, c]) if positive[:, c].any() else np.nan
+    empty = np.nan if empty_class == "drop" else 0.0
+    return np.array([_binary_average_precision(positive[:, c], scores[:, c]) if positive[:, c].any() else empty
                      for c in range(scores.shape[1])])
 
 
-def macro_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
-    """Mean AP over the classes that have at least one positive sample (NaN if none has)."""
-    ap = average_precision_per_class(scores, targets)
+def classes_scored(targets: ArrayLike) -> int:
+    """Number of classes with at least one positive in (N, C) multi-hot ``targets``: the classes a macro AP
+    under the ``drop`` rule averages over."""
+    return int((_np(targets) > 0.5).any(axis=0).sum())
+
+
+def macro_average_precision(scores: ArrayLike, targets: ArrayLike, empty_class: str = "drop") -> float:
+    """Mean AP over the classes (those with at least one positive under ``"drop"``, NaN if none has;
+    all of them under ``"zero"``)."""
+    ap = average_precision_per_class(scores, targets, empty_class)
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+AUTHORS_LOGIT_DTYPE = "bfloat16"
+
+
+def authors_macro_average_precision(logits: ArrayLike, targets: ArrayLike,
+                                    dtype: str | torch.dtype = AUTHORS_LOGIT_DTYPE) -> float:
+    """The authors' macro AP: torchmetrics' ``multilabel_average_precision(average="macro")`` on logits
+    held in ``dtype`` (bf16, as their head ran under autocast).
+
+    As torchmetrics: the logits are cast to ``dtype``; if any lies outside [0, 1] the sigmoid is applied
+    in that dtype (at ``100 * cos`` it rounds to exactly 1.0 for most samples, which then tie); tied
+    scores form one threshold; a class without positives counts as AP 0. Not the correct AP: see
+    :func:`macro_average_precision`.
+    """
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    t = logits.detach().cpu() if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+    t = t.to(dtype)
+    if bool(((t < 0) | (t > 1)).any()):
+        t = t.sigmoid()
+    return macro_average_precision(t.double().numpy(), targets, empty_class="zero")
 
 
 def _normalized(x: ArrayLike) -> torch.Tensor:
@@ -122,7 +166,8 @@ def recall_at_k(query: ArrayLike, gallery: ArrayLike, ks: Sequence[int] = DEFAUL
     """
     q, g = _normalized(query), _normalized(gallery)
     if q.shape != g.shape:
-        raise ValueError(f"Paired retrieval needs query and gallery of one shape, got {tuple(q.shape)}, {tuple(g.shape)}.")
+        raise ValueError(f"Paired retrieval needs query and gallery of one shape, got {tuple(q.shape)}, "
+                         f"{tuple(g.shape)}.")
     ranks = torch.empty(q.shape[0], dtype=torch.long)
     for start in range(0, q.shape[0], _CHUNK):
         sims = q[start:start + _CHUNK] @ g.T

@@ -3,10 +3,13 @@
 It stands in for a pretrained CLIP where none can be downloaded (the embedded default profile).
 The architecture is the registered open_clip config ``MiniCLIP-64`` (``mtmg/model_configs``); the
 data are the captioned scenes of :mod:`mtmg.synthetic`. The weights are a plain state dict that
-``open_clip.create_model_and_transforms("MiniCLIP-64", pretrained=path)`` loads, cached under a
-key that hashes the training config, the generator version and the model config.
+``open_clip.create_model_and_transforms("MiniCLIP-64", pretrained=path)`` loads, keyed by a hash of
+the training config, the generator version and the model config.
 
-Regenerate with ``python -m mtmg.miniclip --out PATH``.
+The weights for the default config ship in ``data/miniclip`` (float16, with their pretraining log);
+:func:`ensure_miniclip` returns them when the requested config has their key and pretrains into the
+cache otherwise. Regenerate from scratch with ``python -m mtmg.miniclip --out PATH``; the learning
+checks do so and compare the result with the shipped file.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import open_clip
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
@@ -29,7 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtmg import paths, synthetic
+from mtmg import paths, prompts, synthetic
+from mtmg.datasets import get_dataset
 from mtmg.device import autocast, resolve_device
 from mtmg.evaluation import evaluate_zeroshot
 from mtmg.models import ClipBundle, ImageClassifier, load_clip, register_model_config
@@ -37,6 +42,9 @@ from mtmg.zeroshot import build_zeroshot_head
 
 MODEL_NAME = "MiniCLIP-64"
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+SHIPPED_DIR = paths.DATA_DIR / "miniclip"
+FP16_TOLERANCE = 0.01
+"""Largest zero-shot top-1 change (synthetic task, EuroSAT) for which the weights ship in float16."""
 
 
 @dataclass(frozen=True)
@@ -197,14 +205,37 @@ def pretrain_miniclip(config: MiniClipConfig, out_path: str | os.PathLike,
     return out_path
 
 
+def _file_name(config: MiniClipConfig) -> str:
+    return f"{config.model_name}-{config.cache_key()}.pt"
+
+
 def miniclip_path(cache_dir: str | os.PathLike, config: MiniClipConfig = MiniClipConfig()) -> Path:
-    """Where :func:`ensure_miniclip` keeps the weights for ``config``."""
-    return Path(cache_dir) / "miniclip" / f"{config.model_name}-{config.cache_key()}.pt"
+    """Where :func:`ensure_miniclip` keeps the weights for ``config`` when it has to pretrain them."""
+    return Path(cache_dir) / "miniclip" / _file_name(config)
+
+
+def shipped_weights(config: MiniClipConfig = MiniClipConfig()) -> Path | None:
+    """The weights shipped in ``data/miniclip`` for ``config`` (same cache key), or None."""
+    path = SHIPPED_DIR / _file_name(config)
+    return path if path.is_file() else None
+
+
+def shipped_pretraining_log(config: MiniClipConfig = MiniClipConfig()) -> pd.DataFrame:
+    """The pretraining log of the shipped weights: one row per step with ``step``, ``lr`` and ``loss``."""
+    path = (SHIPPED_DIR / _file_name(config)).with_suffix(".csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shipped pretraining log for this MiniClipConfig (cache key "
+                                f"{config.cache_key()}); only the default settings ship, see {SHIPPED_DIR}/README.md")
+    return pd.read_csv(path)
 
 
 def ensure_miniclip(cache_dir: str | os.PathLike, config: MiniClipConfig = MiniClipConfig(),
                     device: str | torch.device = "cpu") -> Path:
-    """Path of the cached MiniCLIP weights for ``config``; pretrains them first if they are missing."""
+    """Path of MiniCLIP weights for ``config``: the shipped file when its cache key matches, else the
+    cache entry, pretrained first if it is missing."""
+    shipped = shipped_weights(config)
+    if shipped is not None:
+        return shipped
     path = miniclip_path(cache_dir, config)
     if not path.is_file():
         pretrain_miniclip(config, path, device)
@@ -221,10 +252,65 @@ def supported_task_accuracy(bundle: ClipBundle, split: str = "test", num_samples
     return float(result["top1"])
 
 
+def eurosat_accuracy(bundle: ClipBundle, split: str = "all", batch_size: int = 250) -> float:
+    """Zero-shot top-1 accuracy of ``bundle`` on the RGB composites of the shipped EuroSAT-MS tiles."""
+    data = get_dataset("eurosat_ms", paths.DATA_DIR / "eurosat_ms_sample", split, rgb_transform=bundle.preprocess_val)
+    head = build_zeroshot_head(bundle, None, prompts.classnames("eurosat"), prompts.templates("eurosat"))
+    classifier = ImageClassifier(bundle.model.visual, head)
+    result = evaluate_zeroshot(classifier, DataLoader(data, batch_size=batch_size), desc="EuroSAT zero-shot")
+    return float(result["top1"])
+
+
+def zeroshot_accuracies(weights: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Zero-shot top-1 of MiniCLIP ``weights``: ``synthetic`` (1,000 held-out scenes) and ``eurosat``
+    (the 200 shipped EuroSAT-MS tiles, RGB composites)."""
+    register_model_config(MODEL_CONFIG_DIR)
+    bundle = load_clip(MODEL_NAME, weights, device)
+    return {"synthetic": supported_task_accuracy(bundle), "eurosat": eurosat_accuracy(bundle)}
+
+
+def ship(out_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: MiniClipConfig = MiniClipConfig(),
+         device: str | torch.device = "cpu", tolerance: float = FP16_TOLERANCE) -> Path:
+    """Write the weights for ``config`` into ``out_dir`` as they ship: float16 when the zero-shot accuracies
+    of the float16 copy stay within ``tolerance`` of float32 on both tasks (else float32), the pretraining
+    log as CSV (step, lr, loss) and a JSON record of the config, timings and accuracies.
+
+    The float32 weights come from the cache (pretrained first if missing). Returns the weights file.
+    """
+    source = miniclip_path(cache_dir, config)
+    if not source.is_file():
+        pretrain_miniclip(config, source, device)
+    record = json.loads(source.with_suffix(".json").read_text())
+    losses = record.pop("losses")
+    state = torch.load(source, weights_only=True)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    out_dir = Path(out_dir)
+    target = out_dir / _file_name(config)
+    _atomic_write(target, lambda tmp: torch.save(half, tmp))
+    record["zeroshot_top1"] = {"float32": zeroshot_accuracies(source, device),
+                               "float16": zeroshot_accuracies(target, device)}
+    worst = max(abs(record["zeroshot_top1"]["float16"][k] - record["zeroshot_top1"]["float32"][k])
+                for k in record["zeroshot_top1"]["float32"])
+    record["stored_dtype"] = "float16" if worst <= tolerance else "float32"
+    if worst > tolerance:
+        _atomic_write(target, lambda tmp: torch.save(state, tmp))
+    steps = range(config.steps)
+    log = pd.DataFrame({"step": [s + 1 for s in steps],
+                        "lr": [config.lr * _lr_factor(s, config.warmup_steps, config.steps) for s in steps],
+                        "loss": losses})
+    _atomic_write(target.with_suffix(".csv"), lambda tmp: log.to_csv(tmp, index=False, float_format="%.6g"))
+    _atomic_write(target.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Pretrain MiniCLIP (or reuse the cache) and report its supported-task zero-shot accuracy."""
+    """Pretrain MiniCLIP (or reuse the shipped or cached weights) and report its zero-shot accuracies."""
     parser = argparse.ArgumentParser(prog="python -m mtmg.miniclip", description=main.__doc__)
-    parser.add_argument("--out", type=Path, help="weights file to write (default: the cache entry)")
+    parser.add_argument("--out", type=Path, help="pretrain from scratch into this weights file (default: reuse the "
+                                                 "shipped weights or the cache entry)")
+    parser.add_argument("--ship", type=Path, metavar="DIR",
+                        help="write the weights as they ship into DIR: float16 if its zero-shot accuracies stay within "
+                             f"{FP16_TOLERANCE:.0%} of float32, with the pretraining log (CSV) and a JSON record")
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: mtmg.paths.cache_dir())")
     parser.add_argument("--steps", type=int, default=MiniClipConfig.steps,
                         help="optimiser steps (warm-up: 48 steps, or a tenth of the steps if fewer than 480)")
@@ -235,14 +321,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    register_model_config(MODEL_CONFIG_DIR)
     config = MiniClipConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                             warmup_steps=min(MiniClipConfig.warmup_steps, args.steps // 10 or 1))
+    cache = args.cache_dir or paths.cache_dir()
+    if args.ship is not None:
+        path = ship(args.ship, cache, config, args.device)
+        print(f"shipped {path}\n{path.with_suffix('.json').read_text()}")
+        return
     if args.out is not None:
         path = pretrain_miniclip(config, args.out, args.device)
     else:
-        path = ensure_miniclip(args.cache_dir or paths.cache_dir(), config, args.device)
-    acc = supported_task_accuracy(load_clip(MODEL_NAME, path, args.device))
-    print(f"MiniCLIP weights: {path}\nsupported-task zero-shot top-1: {acc:.3f}")
+        path = ensure_miniclip(cache, config, args.device)
+    acc = zeroshot_accuracies(path, args.device)
+    print(f"MiniCLIP weights: {path}\nzero-shot top-1: supported task (synthetic) {acc['synthetic']:.3f}, "
+          f"EuroSAT (200 shipped tiles) {acc['eurosat']:.3f}")
 
 
 if __name__ == "__main__":

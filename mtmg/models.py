@@ -11,18 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import warnings
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from safetensors import SafetensorError
 from torch import nn
 
 from mtmg.device import resolve_device
+from mtmg.errors import ArgumentError, ConfigError, WeightsError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -32,8 +36,12 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _REGISTERED: set[Path] = set()
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(WeightsError, RuntimeError):
     """Pretrained weights cannot be found locally or downloaded."""
+
+
+class WeightsFileError(WeightsError, RuntimeError):
+    """A weight file that exists but cannot be loaded: empty, truncated, or not a state dict of the model."""
 
 
 @dataclass
@@ -49,7 +57,8 @@ class ClipBundle:
 
 
 class ZeroShotHead(nn.Module):
-    """Frozen linear head: ``logit_scale * normalize(features) @ weight.T`` (no bias, no parameters).
+    """Frozen linear head: ``logit_scale * normalize(features) @ weight.T`` (no bias, no parameters),
+    computed in fp32 outside autocast.
 
     ``weight`` (C, D) holds one unit-norm text embedding per class, row i = class i; ``logit_scale`` is the
     multiplier itself (``exp`` of the CLIP parameter, 100 for OpenAI CLIP). Both are buffers.
@@ -70,8 +79,10 @@ class ZeroShotHead(nn.Module):
         return self.weight.shape[0]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        features = F.normalize(features, dim=-1)
-        return self.logit_scale.to(features.dtype) * features @ self.weight.to(features.dtype).T
+        """fp32 logits whatever the input dtype or autocast state, so every path scores the same numbers."""
+        with torch.autocast(features.device.type, enabled=False):
+            features = F.normalize(features.float(), dim=-1)
+            return self.logit_scale * features @ self.weight.T
 
 
 class ImageClassifier(nn.Module):
@@ -93,17 +104,18 @@ def register_model_config(path: str | Path) -> list[str]:
     """Register an open_clip model config (a JSON file, or a directory of them); return the new model names."""
     path = Path(path).resolve()
     if not path.exists():
-        raise FileNotFoundError(f"Model config {path} not found: expected an open_clip JSON config or a folder of them.")
+        raise FileNotFoundError(
+            f"Model config {path} not found: expected an open_clip JSON config or a folder of them.")
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     names = []
     for file in files:
         try:
             cfg = json.loads(file.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"Model config {file} is not valid JSON: {e}") from e
+            raise ConfigError(f"Model config {file} is not valid JSON: {e}") from e
         missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
         if missing:
-            raise ValueError(f"Model config {file} lacks {missing}: an open_clip config needs embed_dim, "
+            raise ConfigError(f"Model config {file} lacks {missing}: an open_clip config needs embed_dim, "
                              "vision_cfg and text_cfg (see open_clip/model_configs/ViT-B-32.json).")
         names.append(file.stem)
     if path not in _REGISTERED:
@@ -140,7 +152,8 @@ def load_clip(
     pretrained = None if pretrained is None else str(pretrained)
     if model_name.startswith(LOCAL_DIR_PREFIX):
         if pretrained is not None:
-            raise ValueError(f"Model {model_name!r} names a local directory; do not pass pretrained={pretrained!r} too.")
+            raise ValueError(
+                f"Model {model_name!r} names a local directory; do not pass pretrained={pretrained!r} too.")
         directory = model_name[len(LOCAL_DIR_PREFIX):]
     elif pretrained is not None and (pretrained.startswith(LOCAL_DIR_PREFIX) or Path(pretrained).is_dir()):
         directory = pretrained.removeprefix(LOCAL_DIR_PREFIX)
@@ -152,8 +165,9 @@ def load_clip(
     config_name = model_name.replace("/", "-")
     model_cfg = open_clip.get_model_config(config_name)
     if model_cfg is None:
-        raise ValueError(f"Unknown model {model_name!r}: not an open_clip config name. Register a JSON config first "
-                         "(register_model_config / --model-config PATH.json) or use one of open_clip.list_models().")
+        raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name. Register a JSON config "
+                            "first (register_model_config / --model-config PATH.json) or use one of "
+                            "open_clip.list_models().")
     kwargs: dict = {}
     if pretrained is None:
         warnings.warn(f"No pretrained weights given for {model_name}: the model is randomly initialised.",
@@ -161,6 +175,9 @@ def load_clip(
         checkpoint, weights = None, RANDOM_INIT
     elif Path(pretrained).is_file():
         checkpoint = str(Path(pretrained).resolve())
+        if Path(checkpoint).stat().st_size == 0:
+            raise WeightsFileError(f"Checkpoint file {checkpoint} for {model_name} is empty (0 bytes): an interrupted "
+                                   "download or copy? Copy or download the weights again.")
         weights = _file_id(Path(checkpoint))
     elif _looks_like_path(pretrained):
         raise WeightsUnavailableError(
@@ -186,11 +203,15 @@ def load_clip(
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             config_name, pretrained=checkpoint, device=device, cache_dir=cache_dir, **kwargs)
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
+            SafetensorError) as e:
         if checkpoint is None:
             raise
-        raise RuntimeError(f"Could not load weights {checkpoint} into {model_name}: {e}. The file must be a state "
-                           f"dict of this architecture (TorchScript archives are not supported).") from e
+        detail = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsFileError(f"Could not load weights {checkpoint} into {model_name}: {detail}. The file must be a "
+                               "complete state dict of this architecture saved with torch.save or safetensors "
+                               "(TorchScript archives are not supported); if it is truncated, copy or download it "
+                               "again.") from e
     model.eval()
     return ClipBundle(model, preprocess_train, preprocess_val, open_clip.get_tokenizer(config_name),
                       model_name, weights)
@@ -231,7 +252,8 @@ def _resolve_tag(model_name: str, tag: str, tag_cfg: dict, cache_dir: str | None
         path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as e:  # network, hub and checksum errors all mean: not available
         raise WeightsUnavailableError(_missing_message(
-            model_name, tag, tag_cfg, f"the download failed ({e}; set HF_HUB_OFFLINE=1 to skip download attempts)")) from e
+            model_name, tag, tag_cfg,
+            f"the download failed ({e}; set HF_HUB_OFFLINE=1 to skip download attempts)")) from e
     if not path:
         raise WeightsUnavailableError(_missing_message(model_name, tag, tag_cfg, "open_clip gives no source for them"))
     return path
@@ -278,7 +300,8 @@ def _missing_message(model_name: str, tag: str, tag_cfg: dict, reason: str) -> s
         where = tag_cfg.get("url", "the model's publisher")
     return (f"Pretrained weights {model_name}/{tag} are unavailable: {reason}. Supply them as a local file: "
             f"download {filename} from {where} on a machine with internet access, copy it here and pass its path "
-            f"instead of the tag (--pretrained /path/to/{filename}, or load_clip({model_name!r}, '/path/to/{filename}')).")
+            f"instead of the tag (--pretrained /path/to/{filename}, "
+            f"or load_clip({model_name!r}, '/path/to/{filename}')).")
 
 
 def _tags_hint(model_name: str) -> str:
@@ -298,6 +321,15 @@ def _file_id(path: Path) -> str:
             digest.update(chunk)
     return f"{path.name}@sha256:{digest.hexdigest()[:16]}"
 
+
+
+def tower_copy(tower: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A frozen, eval-mode copy of an image tower with the weights ``state`` (e.g. the α = 0 endpoint)."""
+    import copy
+
+    other = copy.deepcopy(tower)
+    other.load_state_dict(state)
+    return other.requires_grad_(False).eval()
 
 if MODEL_CONFIG_DIR.is_dir():
     register_model_config(MODEL_CONFIG_DIR)

@@ -3,7 +3,8 @@
 The notebook runs into a temporary file next to the destination, which replaces the destination only
 when every cell succeeded: a failing run leaves the previous good copy untouched and exits non-zero.
 
-    python -m mtmg.notebook notebooks/01_distribution_shift.ipynb book/executed/01_distribution_shift.ipynb --profile default
+    python -m mtmg.notebook notebooks/01_distribution_shift.ipynb \
+        book/executed/01_distribution_shift.ipynb --profile default
 """
 from __future__ import annotations
 
@@ -37,8 +38,28 @@ def execute_notebook(source: Path, destination: Path, parameters: dict | None = 
             print(f"notebook failed; its partial output is in {failed}; "
                   f"{destination.name} was left as it was", file=sys.stderr)
         raise
+    hide_injected_parameters(partial)
     os.replace(partial, destination)
     return destination
+
+
+HIDDEN_TAG = "remove-cell"
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell`` so the book does not render it (the
+    executed notebook keeps it, so a reader who downloads it sees the parameters it ran with)."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and HIDDEN_TAG not in tags:
+            tags.append(HIDDEN_TAG)
+            changed = True
+    if changed:
+        nbformat.write(nb, str(path))
 
 
 def main(argv: list[str] | None = None) -> int:

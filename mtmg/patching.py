@@ -8,35 +8,51 @@
 
 Outputs in ``out_dir``: ``zeroshot.pt``, ``finetuned.pt``, ``patched.pt`` (visual state dicts),
 ``scores.csv`` (task, split, alpha, metric, value), ``selected_alpha.json``, ``clip.json`` (how to
-rebuild the model: spec, weights id and file), ``config.yaml``, ``run.json`` and ``finetune/`` (checkpoint, training log).
+rebuild the model: spec, weights id and file), ``config.yaml``, ``run.json`` and ``finetune/`` (checkpoint,
+training log).
+``out_dir`` defaults to the run store's folder of the config's key (:func:`patch_key`).
 """
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mtmg import checkpoint, paths
-from mtmg.augment import AUGMENTATIONS, paint_train_transform, random_d4
-from mtmg.config import ClipSpec, DataSpec, PatchConfig, save_config
+from mtmg import checkpoint, paths, runstore
+from mtmg.augment import paint_train_transform, random_d4
+from mtmg.config import ClipSpec, PatchConfig, save_config
 from mtmg.device import resolve_device
 from mtmg.evaluation import evaluate_zeroshot
+from mtmg.losses import task_loss
 from mtmg.models import RANDOM_INIT, ClipBundle, ImageClassifier, ZeroShotHead, load_clip
-from mtmg.training import InMemoryDataset, fit, is_main, main_first
+from mtmg.tasks import (
+    HEADS,
+    PRIMARY_METRIC,
+    cache_folder,
+    clip_identity,
+    clip_source,
+    head_for,
+    held_out,
+    load_clip_spec,
+    maybe_in_memory,
+    training_split,
+)
+from mtmg.training import LOG, fit, is_main, main_first, read_log
 
-PRIMARY_METRIC = {False: "top1", True: "macro_ap"}
 PAPER_ALPHA = 0.5
-MINICLIP = "miniclip"
+AUGMENTATIONS = ("none", "d4", "paint")
+"""The augmentations of :data:`mtmg.augment.AUGMENTATIONS` that stage 1 applies."""
+FILES = ("selected_alpha.json", "scores.csv", "patched.pt", "zeroshot.pt", "clip.json")
+"""The files a finished stage 1 folder holds."""
 
 
 # --- interpolation and selection -------------------------------------------------------------------------
@@ -129,96 +145,7 @@ def sweep(visual: nn.Module, zs: Mapping[str, torch.Tensor], ft: Mapping[str, to
     return pd.DataFrame(rows, columns=["task", "split", "alpha", "metric", "value"]), alpha_star
 
 
-# --- models and data -------------------------------------------------------------------------------------
-
-def clip_source(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> str | None:
-    """What ``load_clip`` gets for ``spec``: the MiniCLIP weights file (pretrained first if missing) or ``pretrained``."""
-    if spec.pretrained == MINICLIP:
-        from mtmg.miniclip import MiniClipConfig, ensure_miniclip
-
-        return str(ensure_miniclip(cache_dir, MiniClipConfig(model_name=spec.name), device))
-    return spec.pretrained
-
-
-def load_clip_spec(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> ClipBundle:
-    """Load ``spec``; ``pretrained: miniclip`` pretrains MiniCLIP (or reuses the cached weights)."""
-    return load_clip(spec.name, clip_source(spec, cache_dir, device), device)
-
-
-def open_split(spec: DataSpec, split: str, rgb_transform: Any = None, ms_transform: Any = None) -> Dataset:
-    """One split of ``spec``: ``synthetic`` is MiniCLIP's supported task, anything else the registry's."""
-    if spec.name == "synthetic":
-        from mtmg.synthetic import SyntheticScenes
-
-        return SyntheticScenes(split, rgb_transform=rgb_transform, **spec.options)
-    from mtmg.datasets import get_dataset
-
-    return get_dataset(spec.name, paths.resolve(spec.root), split, rgb_transform=rgb_transform,
-                       ms_transform=ms_transform, **spec.options)
-
-
-def held_out(spec: DataSpec, transform: Any, carve: tuple[float, int, int],
-             ms_transform: Any = None) -> tuple[Dataset, Dataset | None]:
-    """(validation, test) splits; without a validation split one is carved from train (PAINT rule)."""
-    if spec.val_split is not None:
-        val = open_split(spec, spec.val_split, transform, ms_transform)
-    else:
-        from mtmg.datasets import carve_validation
-
-        fraction, max_size, seed = carve
-        _, val = carve_validation(open_split(spec, spec.train_split, transform, ms_transform),
-                                  fraction=fraction, max_size=max_size, seed=seed)
-    test = open_split(spec, spec.test_split, transform, ms_transform) if spec.test_split else None
-    return val, test
-
-
-def training_split(spec: DataSpec, transform: Any, carve: tuple[float, int, int],
-                   ms_transform: Any = None) -> Dataset:
-    """The train split, less the carved validation items when ``spec`` has no validation split."""
-    train = open_split(spec, spec.train_split, transform, ms_transform)
-    if spec.val_split is not None:
-        return train
-    from mtmg.datasets import carve_validation
-
-    fraction, max_size, seed = carve
-    return carve_validation(train, fraction=fraction, max_size=max_size, seed=seed)[0]
-
-
-def task_info(spec: DataSpec, dataset: Dataset) -> tuple[list[str], list[str], bool]:
-    """(class names, templates, multilabel) of a task: ``spec.prompt_key`` of :mod:`mtmg.prompts` if set,
-    else the dataset's own (``prompts.for_dataset``)."""
-    from mtmg import prompts
-
-    if spec.prompt_key:
-        names, templates = prompts.classnames(spec.prompt_key), prompts.templates(spec.prompt_key)
-    else:
-        names, templates = prompts.for_dataset(dataset)
-    if len(names) != len(dataset.classes):
-        raise ValueError(f"{len(names)} class names for the {len(dataset.classes)} classes of dataset {spec.name}; "
-                         "fix DataSpec.prompt_key or mtmg/prompts.py")
-    return list(names), list(templates), bool(dataset.multilabel)
-
-
-def head_for(bundle: ClipBundle, spec: DataSpec, dataset: Dataset, cache_dir: Path) -> tuple[ZeroShotHead, bool]:
-    """The frozen zero-shot head of a task (cached on disk) and whether the task is multi-label."""
-    from mtmg.zeroshot import zeroshot_head
-
-    names, templates, multilabel = task_info(spec, dataset)
-    head = zeroshot_head(bundle, names, templates, cache_dir=cache_dir / "heads", dataset=spec.name)
-    return head.requires_grad_(False), multilabel
-
-
-def task_loss(multilabel: bool, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits on multi-hot targets, cross-entropy on class indices."""
-    if multilabel:
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
-    return F.cross_entropy(logits.float(), target)
-
-
-def maybe_in_memory(dataset: Dataset, enabled: bool, keys: tuple[str, ...], desc: str) -> Dataset:
-    """``dataset`` loaded once into memory (``keys`` only) when ``enabled``; for deterministic transforms."""
-    return InMemoryDataset(dataset, keys, desc) if enabled else dataset
-
+# --- the stage -------------------------------------------------------------------------------------------
 
 def _image_norm(visual: nn.Module) -> tuple[int, Sequence[float], Sequence[float]]:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -229,31 +156,66 @@ def _image_norm(visual: nn.Module) -> tuple[int, Sequence[float], Sequence[float
             getattr(visual, "image_std", None) or OPENAI_DATASET_STD)
 
 
-# --- the stage -------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class PatchResult:
-    """Where stage 1 wrote its outputs, the selected α and the scores table."""
+    """A finished stage 1 folder: the selected α (and the paper's), the rule that chose it, the scores
+    table (task, split, alpha, metric, value), the fine-tuning log and the run record."""
 
     out_dir: Path
     alpha: float
+    paper_alpha: float
+    criterion: str
     scores: pd.DataFrame
+    log: pd.DataFrame | None
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PatchResult:
+        """Read a finished stage 1 folder."""
+        folder = Path(folder)
+        selected = json.loads((folder / "selected_alpha.json").read_text())
+        run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        return cls(folder, float(selected["alpha"]), float(selected.get("paper_alpha", PAPER_ALPHA)),
+                   str(selected.get("criterion", "")), pd.read_csv(folder / "scores.csv"),
+                   read_log(folder / "finetune" / LOG), run)
 
 
-def stage_dir(profile: str, stage: str, override: str | Path | None, configured: str | None) -> Path:
-    """A stage's output folder: ``override``, else the configured one, else ``runs/<profile>/<stage>``."""
-    chosen = override if override is not None else configured
-    return paths.resolve(chosen) if chosen else paths.runs_dir() / profile / stage
+def patch_key(cfg: PatchConfig) -> str:
+    """The run-store key of stage 1: its settings, the CLIP weights, its data and the package source."""
+    return runstore.stage_key("patch", cfg, **_key_inputs(cfg))
+
+
+def _key_inputs(cfg: PatchConfig) -> dict[str, Any]:
+    return {"weights": clip_identity(cfg.clip, cache_folder(cfg.cache_dir)), "data": (cfg.task, *cfg.supported)}
+
+
+def resume_identity(cfg: PatchConfig) -> dict[str, Any]:
+    """What a resumed fine-tuning must share with the interrupted one (see :func:`mtmg.training.fit`)."""
+    parts = runstore.key_parts("patch", cfg, **_key_inputs(cfg))
+    return {k: parts[k] for k in ("settings", "weights", "data")}
+
+
+def output_folder(cfg: PatchConfig, out_dir: str | Path | None = None) -> Path:
+    """Where :func:`run_patching` writes: ``out_dir``, else the config's, else the run store's folder."""
+    chosen = out_dir if out_dir is not None else cfg.out_dir
+    return paths.resolve(chosen) if chosen else runstore.stage_folder(cfg.profile, "patch", patch_key(cfg))
+
+
+def check_supported(cfg: PatchConfig) -> None:
+    """Refuse settings stage 1 cannot run (before it writes anything)."""
+    if cfg.augment not in AUGMENTATIONS:
+        raise ValueError(f"augment {cfg.augment!r}: patching supports {list(AUGMENTATIONS)}")
 
 
 def finetune(bundle: ClipBundle, head: ZeroShotHead, multilabel: bool, train: Dataset, cfg: PatchConfig,
-             out_dir: Path, *, device: torch.device, resume: bool = False) -> dict[str, torch.Tensor]:
+             out_dir: Path, *, device: torch.device, resume: bool = False,
+             identity: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Fine-tune ``bundle.model.visual`` through the frozen ``head``; returns the fine-tuned state dict.
 
-    Everything but the image tower is frozen; ``train`` yields ``{"rgb", "target"}`` items.
+    Everything but the image tower is frozen; ``train`` yields ``{"rgb", "target"}`` items. ``identity``
+    (default: :func:`resume_identity`) is what a resumed run must share with the checkpoint's.
     """
-    if cfg.augment not in AUGMENTATIONS or cfg.augment == "d4_student":
-        raise ValueError(f"augment {cfg.augment!r}: patching supports 'none', 'd4' and 'paint'")
+    check_supported(cfg)
     visual = bundle.model.visual
     bundle.model.requires_grad_(False)
     visual.requires_grad_(True)
@@ -263,7 +225,8 @@ def finetune(bundle: ClipBundle, head: ZeroShotHead, multilabel: bool, train: Da
         return task_loss(multilabel, head(model(batch["rgb"])), batch["target"]), {}
 
     fit(visual, loss_fn, train, cfg.train, out_dir / "finetune", device=device, resume=resume,
-        augment=random_d4(("rgb",)) if cfg.augment == "d4" else None, desc="patching")
+        augment=random_d4(("rgb",)) if cfg.augment == "d4" else None, desc="patching",
+        identity=resume_identity(cfg) if identity is None else identity)
     visual.eval()
     return {k: v.detach().clone() for k, v in visual.state_dict().items()}
 
@@ -272,18 +235,23 @@ def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device:
                  resume: bool = False) -> PatchResult | None:
     """Stage 1 end to end: fine-tune, sweep α on validation splits, save endpoints and the patched tower.
 
-    Under ``torchrun`` every rank fine-tunes (data-parallel); rank 0 alone then sweeps α and writes the
+    Writes into :func:`output_folder` under its lock and records :func:`patch_key` when done. Under
+    ``torchrun`` every rank fine-tunes (data-parallel); rank 0 alone then sweeps α and writes the
     outputs, and the other ranks return ``None`` at once (a barrier could time out during a long sweep).
     """
+    check_supported(cfg)
+    out = output_folder(cfg, out_dir)
+    with runstore.writing("patch", out, patch_key(cfg), FILES, enabled=is_main()):
+        _patch(cfg, out, resolve_device(device), resume)
+    return PatchResult.load(out) if is_main() else None
+
+
+def _patch(cfg: PatchConfig, out: Path, dev: torch.device, resume: bool) -> None:
     t0 = time.perf_counter()
     with main_first():  # under torchrun rank 0 prepares first; the other ranks reuse its caches
-        out = stage_dir(cfg.profile, "patch", out_dir, cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        dev = resolve_device(device)
-        cache = paths.resolve(cfg.cache_dir) if cfg.cache_dir else paths.cache_dir()
-        carve = (cfg.carve_fraction, cfg.carve_max, cfg.carve_seed)
-
+        if is_main():
+            save_config(cfg, out / "config.yaml")
+        cache = cache_folder(cfg.cache_dir)
         source = clip_source(cfg.clip, cache, dev)
         bundle = load_clip(cfg.clip.name, source, dev)
         if bundle.weights == RANDOM_INIT:  # keep the random weights (rank 0's) so that stage 2 sees the same model
@@ -292,34 +260,35 @@ def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device:
                 checkpoint.atomic_save(bundle.model.state_dict(), source)
             bundle = load_clip(cfg.clip.name, source, dev)
         visual = bundle.model.visual
-        (out / "clip.json").write_text(json.dumps({
-            "clip": asdict(cfg.clip), "weights": bundle.weights,
-            "file": source if source is not None and Path(source).is_file() else None}, indent=2))
         zs = {k: v.detach().clone() for k, v in visual.state_dict().items()}
-        checkpoint.atomic_save(zs, out / "zeroshot.pt")
+        if is_main():
+            checkpoint.atomic_write_text(out / "clip.json", json.dumps({
+                "clip": asdict(cfg.clip), "weights": bundle.weights,
+                "file": source if source is not None and Path(source).is_file() else None}, indent=2))
+            checkpoint.atomic_save(zs, out / "zeroshot.pt")
         timings = {"load": time.perf_counter() - t0}
 
         t = time.perf_counter()
         tasks = []
         for spec in (cfg.task, *cfg.supported):
-            val, test = held_out(spec, bundle.preprocess_val, carve)
-            head, multilabel = head_for(bundle, spec, val, cache)
+            val, test = held_out(spec, bundle.preprocess_val, cfg.carve)
+            head, multilabel = head_for(bundle, spec, val, cache / HEADS)
             keep = ("rgb", "target")
             if test is not None:
                 test = maybe_in_memory(test, cfg.in_memory, keep, f"{spec.name}/test")
             tasks.append(EvalTask(spec.name, head.to(dev), multilabel,
                                   maybe_in_memory(val, cfg.in_memory, keep, f"{spec.name}/val"), test))
         if cfg.augment == "paint":
-            train = training_split(cfg.task, paint_train_transform(*_image_norm(visual)), carve)
+            train = training_split(cfg.task, paint_train_transform(*_image_norm(visual)), cfg.carve)
         else:
-            train = maybe_in_memory(training_split(cfg.task, bundle.preprocess_val, carve), cfg.in_memory,
-                            ("rgb", "target"), f"{cfg.task.name}/train")
+            train = maybe_in_memory(training_split(cfg.task, bundle.preprocess_val, cfg.carve), cfg.in_memory,
+                                    ("rgb", "target"), f"{cfg.task.name}/train")
         timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ft = finetune(bundle, tasks[0].head, tasks[0].multilabel, train, cfg, out, device=dev, resume=resume)
     if not is_main():
-        return None
+        return
     checkpoint.atomic_save(ft, out / "finetuned.pt")
     timings["finetune"] = time.perf_counter() - t
 
@@ -327,18 +296,17 @@ def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device:
     scores, alpha = sweep(visual, zs, ft, tasks, cfg.alphas, device=dev, batch_size=cfg.eval_batch_size,
                           num_workers=cfg.train.num_workers)
     timings["sweep"] = time.perf_counter() - t
-    scores.to_csv(out / "scores.csv", index=False)
+    checkpoint.atomic_write_text(out / "scores.csv", scores.to_csv(index=False))
     _, val_mean = select_alpha(scores, "val")
     checkpoint.atomic_save({k: v.detach().cpu() for k, v in visual.state_dict().items()}, out / "patched.pt")
-    (out / "selected_alpha.json").write_text(json.dumps({
+    checkpoint.atomic_write_text(out / "selected_alpha.json", json.dumps({
         "alpha": alpha, "paper_alpha": PAPER_ALPHA,
         "criterion": "max mean validation " + "/".join(sorted(set(scores["metric"])))
                      + f" over {[t.name for t in tasks]}",
         "val_mean_by_alpha": {f"{a:g}": float(v) for a, v in val_mean.items()}}, indent=2))
     timings["total"] = time.perf_counter() - t0
-    (out / "run.json").write_text(json.dumps({"stage": "patch", "device": str(dev), "seconds": timings,
-                                              "alpha": alpha}, indent=2))
-    return PatchResult(out, alpha, scores)
+    checkpoint.atomic_write_text(out / "run.json", json.dumps(
+        {"stage": "patch", "device": str(dev), "seconds": timings, "alpha": alpha}, indent=2))
 
 
 def load_patched(out_dir: str | Path, device: torch.device | str = "cpu",

@@ -85,13 +85,19 @@ def _check13(array13: ArrayLike) -> None:
 
 
 def ms_view(array13: ArrayLike) -> torch.Tensor:
-    """Student input: float32 ``clamp(x / 10000, 0, 1)`` of all 13 bands."""
+    """Student input: float32 ``clamp(x / 10000, 0, 1)`` of all 13 bands.
+
+    Computed in numpy for arrays and CPU tensors: a per-sample operation must not wait for torch's
+    intra-op thread pool (with two threads, every tile would hand its few microseconds of work to a
+    second thread, which on a busy machine costs milliseconds). Tensors on an accelerator stay there.
+    """
     _check13(array13)
-    if isinstance(array13, np.ndarray):
-        x = torch.from_numpy(np.asarray(array13, dtype=np.float32))
-    else:
-        x = array13.to(torch.float32)
-    return (x / REFLECTANCE_SCALE).clamp_(0.0, 1.0)
+    if isinstance(array13, torch.Tensor) and array13.device.type != "cpu":
+        return (array13.to(torch.float32) / REFLECTANCE_SCALE).clamp_(0.0, 1.0)
+    x = array13.numpy() if isinstance(array13, torch.Tensor) else np.asarray(array13)
+    out = x.astype(np.float32)
+    np.divide(out, np.float32(REFLECTANCE_SCALE), out=out)
+    return torch.from_numpy(np.clip(out, 0.0, 1.0, out=out))
 
 
 def rgb_composite(array13: ArrayLike, level: Level) -> np.ndarray:

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mtmg.device import single_thread
+
 GENERATOR_VERSION = "4"
 IMAGE_SIZE = 64
 _MAP = 96  # side of the top-down ground map that every style is rendered from
@@ -471,7 +473,7 @@ SUPPORTED_SPLITS = {"train": (0, 2000), "val": (1, 500), "test": (2, 1000)}  # s
 
 def _to_output(image: np.ndarray, transform: Callable[[Image.Image], Any] | None) -> Any:
     if transform is None:
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     return transform(Image.fromarray(image))
 
 
@@ -527,3 +529,20 @@ class SyntheticScenes(Dataset):
         sc = scene(_SUPPORTED_STREAM, self.seed, index, concept)
         return {"rgb": _to_output(sc.image, self.rgb_transform), "target": concept,
                 "id": f"synthetic-{self.split}-{index:05d}"}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The scenes at ``indices`` (a DataLoader's batch), built with one torch thread (per-sample work)."""
+        with single_thread():
+            return [self[i] for i in indices]
+
+
+class SyntheticDataset(SyntheticScenes):
+    """:class:`SyntheticScenes` under the signature of the dataset registry
+    (``get_dataset("synthetic", "", split)``): there is no root to read, and no MS view."""
+
+    def __init__(self, root: str = "", split: str = "test",
+                 rgb_transform: Callable[[Image.Image], Any] | None = None, ms_transform: Any = None,
+                 num_samples: int | None = None) -> None:
+        if ms_transform is not None:
+            raise ValueError("the synthetic scenes are RGB only; drop ms_transform")
+        super().__init__(split, rgb_transform, num_samples)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from mtmg import checkpoint
 from mtmg.config import TrainConfig
-from mtmg.device import autocast
+from mtmg.device import autocast, single_thread
 
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT = "checkpoint.pt"
@@ -151,15 +151,21 @@ class SeededDataset(Dataset):
         item["index"] = index
         return item
 
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """The items of one batch, loaded and augmented with one torch thread (per-sample work)."""
+        with single_thread():
+            return [self[key] for key in keys]
+
 
 class InMemoryDataset(Dataset):
     """All items of ``base`` (only ``keys``) loaded once; for small datasets with deterministic transforms."""
 
     def __init__(self, base: Dataset, keys: tuple[str, ...] = ("rgb", "ms", "target", "id"), desc: str = "load"):
         self.items = []
-        for i in tqdm(range(len(base)), desc=desc, leave=False):
-            item = base[i]
-            self.items.append({k: item[k] for k in keys if k in item})
+        with single_thread():
+            for i in tqdm(range(len(base)), desc=desc, leave=False):
+                item = base[i]
+                self.items.append({k: item[k] for k in keys if k in item})
         for attr in ("classes", "multilabel", "prompt_key", "classnames", "templates"):
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))
@@ -197,18 +203,39 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _meta(cfg: TrainConfig, n: int) -> dict[str, Any]:
-    return {"n": n, "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
-            "max_steps": -1 if cfg.max_steps is None else cfg.max_steps, "drop_last": cfg.drop_last,
-            "lr": cfg.lr, "warmup_steps": cfg.warmup_steps}
+RESUME_FREE = ("checkpoint_every", "num_workers", "compile")
+"""Training settings that do not change the result, so a resumed run may change them."""
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys (lists stay values)."""
+    if not isinstance(data, Mapping):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flatten(v, f"{prefix}{k}." if isinstance(v, Mapping) else f"{prefix}{k}"))
+    return out
+
+
+def resume_meta(cfg: TrainConfig, n: int, identity: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Everything a resumed run must share with the checkpoint it continues, as dotted keys: the number of
+    items, every training setting that shapes the result (optimiser, schedule, loop) and ``identity``
+    (the stage's other settings, data manifests, weights)."""
+    from mtmg.config import to_dict
+
+    train = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
+    meta = flatten({"n": n, "train": train, **(identity or {})})
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()}
 
 
 def _restore(path: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, meta: dict) -> int:
     state = checkpoint.load(path)
-    if state["meta"] != meta:
-        diff = {k: (state["meta"].get(k), v) for k, v in meta.items() if state["meta"].get(k) != v}
-        raise ValueError(f"{path}: checkpoint was written by a run with other settings {diff} "
-                         "(saved, now); resume with the same config or start without --resume")
+    saved = state.get("meta", {})
+    if saved != meta:
+        diff = [f"{k}: {saved.get(k, '(absent)')} (checkpoint) vs {meta.get(k, '(absent)')} (now)"
+                for k in sorted(set(saved) | set(meta)) if saved.get(k) != meta.get(k)]
+        raise ValueError(f"{path}: the checkpoint was written with other settings: " + "; ".join(diff[:12])
+                         + "; resume with the same settings, or start again without --resume")
     module.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -223,11 +250,9 @@ def _reopen_log(path: Path, start: int) -> tuple[Any, csv.DictWriter | None, flo
     if start > 0 and path.is_file():
         with path.open(newline="") as f:
             rows = [row for row in csv.DictReader(f) if int(row["step"]) <= start]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with checkpoint.atomic_open(path, "w", newline="") as f:
         if rows:
             _writer(f, list(rows[0])).writerows(rows)
-    os.replace(tmp, path)
     log = path.open("a", newline="")
     writer = csv.DictWriter(log, fieldnames=list(rows[0]), extrasaction="ignore") if rows else None
     return log, writer, float(rows[-1]["seconds"]) if rows else 0.0
@@ -235,12 +260,15 @@ def _reopen_log(path: Path, start: int) -> tuple[Any, csv.DictWriter | None, flo
 
 def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *,
         device: torch.device | str = "cpu", resume: bool = False,
-        augment: Callable[[dict], dict] | None = None, desc: str = "train") -> FitResult:
+        augment: Callable[[dict], dict] | None = None, desc: str = "train",
+        identity: Mapping[str, Any] | None = None) -> FitResult:
     """Train the trainable parameters of ``module`` on ``dataset`` with ``loss_fn(model, batch)``.
 
     ``loss_fn`` returns the loss and extra numbers to log; ``model`` is ``module`` or its compiled
     form. ``out_dir`` receives ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps and at the end)
-    and ``train_log.csv``. With ``resume`` the run continues from ``checkpoint.pt`` if present.
+    and ``train_log.csv``. With ``resume`` the run continues from ``checkpoint.pt`` if present, and only
+    if it was written with the same :func:`resume_meta` (training settings and ``identity``); otherwise
+    it is refused with the differing keys listed.
 
     With an initialised process group (``torchrun``, see ``mtmg.cli``), ``model`` is ``module`` wrapped
     in DistributedDataParallel and each rank takes a contiguous slice of every global batch of the
@@ -269,7 +297,7 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
         raise ValueError(f"{desc}: the last batch of each epoch has {n % cfg.batch_size} items for {world} "
                          "processes; set drop_last: true or change batch_size")
     main = rank == 0
-    meta = _meta(cfg, n)
+    meta = resume_meta(cfg, n, identity)
 
     module.to(device).train()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -342,6 +370,13 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
     barrier()  # the final checkpoint is written before any rank goes on
     return FitResult(steps=total, resumed_from=start, checkpoint=ckpt_path, log=log_path,
                      seconds=time.perf_counter() - t0)
+
+
+def read_log(path: Path) -> Any:
+    """The CSV log :func:`fit` writes as a DataFrame, or None when the file is absent."""
+    import pandas as pd
+
+    return pd.read_csv(path) if Path(path).is_file() else None
 
 
 def _writer(f: Any, fields: list[str]) -> csv.DictWriter:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mtmg import checkpoint
 from mtmg.models import RANDOM_INIT, ClipBundle, ZeroShotHead
 
 __all__ = ["ZeroShotHead", "build_zeroshot_head", "head_cache_key", "zeroshot_head"]
@@ -35,8 +36,8 @@ def build_zeroshot_head(
 ) -> ZeroShotHead:
     """Encode every (class, template) prompt and build the frozen head, in fp32.
 
-    Templates hold the class name as ``{}`` or ``{c}``. ``tokenizer`` may be None when a ``ClipBundle`` is given (its tokenizer is used). ``device`` defaults to
-    the model's device; the returned head lives there too.
+    Templates hold the class name as ``{}`` or ``{c}``. ``tokenizer`` may be None when a ``ClipBundle`` is
+    given (its tokenizer is used). ``device`` defaults to the model's device; the returned head lives there too.
     """
     if isinstance(bundle_or_model, ClipBundle):
         model, tokenizer = bundle_or_model.model, tokenizer or bundle_or_model.tokenizer
@@ -83,25 +84,29 @@ def zeroshot_head(
 
     Cache files are ``head-<dataset>-<key[:16]>.pt`` holding a dict of tensors plus the full key (loaded
     with ``weights_only=True``); the key hashes model name, weights id, dataset, class names and templates.
-    Randomly initialised models are never cached (their weights id does not identify the weights).
+    Randomly initialised models are never cached (their weights id does not identify the weights). A corrupt
+    cache file is a cache miss: a warning names it, and the head is built and the file rewritten.
     """
     if cache_dir is None or bundle.weights == RANDOM_INIT:
         return build_zeroshot_head(bundle, None, classnames, templates)
     key = head_cache_key(bundle.model_name, bundle.weights, dataset, classnames, templates)
     path = Path(cache_dir) / f"head-{_slug(dataset) or 'any'}-{key[:16]}.pt"
     device = next(bundle.model.parameters()).device
-    if path.is_file():
-        stored = torch.load(path, map_location=device, weights_only=True)
-        if stored.get("key") == key and stored["weight"].shape[0] == len(classnames):
-            return ZeroShotHead(stored["weight"], stored["logit_scale"])
+    stored = checkpoint.load_cache(path, map_location=device)
+    if _valid_head(stored, key, len(classnames)):
+        return ZeroShotHead(stored["weight"], stored["logit_scale"])
     head = build_zeroshot_head(bundle, None, classnames, templates)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"key": key, "weight": head.weight.cpu(), "logit_scale": head.logit_scale.cpu(),
-                "model": bundle.model_name, "weights": bundle.weights, "dataset": dataset,
-                "classnames": list(classnames), "templates": list(templates)}, tmp)
-    os.replace(tmp, path)
+    checkpoint.atomic_save({"key": key, "weight": head.weight.cpu(), "logit_scale": head.logit_scale.cpu(),
+                            "model": bundle.model_name, "weights": bundle.weights, "dataset": dataset,
+                            "classnames": list(classnames), "templates": list(templates)}, path)
     return head
+
+
+def _valid_head(stored: object, key: str, num_classes: int) -> bool:
+    """Whether a loaded cache file is a head for ``key`` (anything else is a cache miss)."""
+    return (isinstance(stored, dict) and stored.get("key") == key
+            and isinstance(stored.get("weight"), torch.Tensor) and stored["weight"].ndim == 2
+            and stored["weight"].shape[0] == num_classes and isinstance(stored.get("logit_scale"), torch.Tensor))
 
 
 def _slug(text: str) -> str:

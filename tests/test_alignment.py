@@ -4,31 +4,23 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from mtmg import alignment, checkpoint, cli, patching
-from mtmg.config import AlignConfig, DataSpec, StudentConfig, TrainConfig
+from mtmg import alignment, checkpoint, cli, losses, tasks
+from mtmg.config import AlignConfig, StudentConfig, TrainConfig
 from mtmg.models import ZeroShotHead, load_clip
 from mtmg.student import build_student
 from mtmg.training import InMemoryDataset
 
-ROOT = Path(__file__).resolve().parents[1]
-EUROSAT = DataSpec(name="eurosat_ms", root=str(ROOT / "data/eurosat_ms_sample"))
+from conftest import EUROSAT, ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = StudentConfig(overrides={"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2})
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +30,7 @@ def setup():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
         bundle = load_clip("MiniCLIP-64", None)
-    tiles = {split: InMemoryDataset(patching.open_split(EUROSAT, split, bundle.preprocess_val),
+    tiles = {split: InMemoryDataset(tasks.open_split(EUROSAT, split, bundle.preprocess_val),
                                     ("rgb", "ms", "target")) for split in ("train", "val")}
     head = ZeroShotHead(torch.randn(10, 128, generator=torch.Generator().manual_seed(0)), 20.0)
     return bundle.model.visual.eval(), head, tiles
@@ -139,7 +131,7 @@ def test_short_alignment_lowers_feature_loss_and_raises_retrieval(setup, tmp_pat
     def feature_mse() -> float:
         student.eval()
         with torch.no_grad():
-            return alignment.feature_loss("mse", student(ms), target).item()
+            return losses.feature_loss("mse", student(ms), target).item()
 
     def recall() -> float:
         return _mean_recall(alignment.evaluate_alignment({"s": student}, {"t": teacher}, head, False, tiles["val"],
@@ -156,10 +148,10 @@ def test_short_alignment_lowers_feature_loss_and_raises_retrieval(setup, tmp_pat
 
 def test_feature_losses():
     s, t = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[2.0, 0.0], [0.0, -2.0]])
-    assert alignment.feature_loss("mse", s, t).item() == pytest.approx((1 + 16) / 4)
-    assert alignment.feature_loss("cosine", s, t).item() == pytest.approx((0 + 2) / 2)
+    assert losses.feature_loss("mse", s, t).item() == pytest.approx((1 + 16) / 4)
+    assert losses.feature_loss("cosine", s, t).item() == pytest.approx((0 + 2) / 2)
     with pytest.raises(ValueError, match="feature_loss"):
-        alignment.feature_loss("l1", s, t)
+        losses.feature_loss("l1", s, t)
 
 
 def test_cli_runs_both_stages_and_resumes(tmp_path, capsys):
@@ -205,4 +197,14 @@ cache_dir: {tmp_path / 'cache'}
     orphan = tmp_path / "orphan.yaml"
     orphan.write_text(align_yaml.read_text().replace(str(tmp_path / "patch"), str(tmp_path / "nowhere")))
     assert cli.main(["align", "--config", str(orphan), "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
-    assert "stage 1 output missing" in capsys.readouterr().err
+    assert "no finished stage recorded" in capsys.readouterr().err
+
+
+def test_stage_2_imports_nothing_from_stage_1_but_load_patched():
+    import ast
+
+    tree = ast.parse((ROOT / "mtmg" / "alignment.py").read_text())
+    from_patching = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module == "mtmg.patching" for alias in node.names]
+    plain = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert from_patching == ["load_patched"] and "mtmg.patching" not in plain

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ def test_atomic_save_roundtrip_leaves_no_temporary_file(tmp_path):
 def test_failed_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "ckpt.pt"
     checkpoint.atomic_save({"step": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
         checkpoint.atomic_save({"step": 2, "bad": lambda: None}, path)  # lambdas cannot be saved
     assert checkpoint.load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
@@ -40,7 +43,7 @@ def test_failed_save_keeps_the_previous_file(tmp_path):
 def test_load_refuses_pickled_objects(tmp_path):
     path = tmp_path / "obj.pt"
     torch.save({"cfg": TrainConfig()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="obj.pt: the file holds pickled Python objects"):
         checkpoint.load(path)
 
 
@@ -159,3 +162,90 @@ def test_fit_stops_on_non_finite_loss(tmp_path):
         return model(batch["rgb"]).sum() * float("nan"), {}
     with pytest.raises(FloatingPointError, match="step 0"):
         fit(_toy_model(), nan_loss, _Toy(), TrainConfig(epochs=1, batch_size=8), tmp_path)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writes_use_the_normal_file_permissions(tmp_path, umask_022):
+    saved = checkpoint.atomic_save({"w": torch.ones(2)}, tmp_path / "weights.pt")
+    text = checkpoint.atomic_write_text(tmp_path / "a" / "note.txt", "zoé\n")
+    data = checkpoint.atomic_write_bytes(tmp_path / "raw.bin", b"\x00\x01")
+    with checkpoint.atomic_open(tmp_path / "table.csv", "w", newline="") as f:
+        f.write("a,b\n")
+    for path in (saved, text, data, tmp_path / "table.csv"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert text.read_text(encoding="utf-8") == "zoé\n" and data.read_bytes() == b"\x00\x01"
+    os.umask(0o077)
+    assert stat.S_IMODE(checkpoint.atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "private.txt", "raw.bin", "table.csv", "weights.pt"]
+
+
+def test_failed_text_write_keeps_the_previous_file(tmp_path):
+    path = checkpoint.atomic_write_text(tmp_path / "out.txt", "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.atomic_open(path, "w") as f:
+            f.write("new, half written")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _truncations(path):
+    size = path.stat().st_size
+    return {"empty": 0, "10 bytes": 10, "half": size // 2, "most": size * 9 // 10, "last byte": size - 1}
+
+
+def test_empty_truncated_or_foreign_checkpoint_names_the_file_and_the_fix(tmp_path):
+    good = checkpoint.atomic_save({"model": {"w": torch.randn(64, 64)}, "step": 3}, tmp_path / "good.pt")
+    data = good.read_bytes()
+    for what, size in _truncations(good).items():
+        bad = tmp_path / "checkpoint.pt"
+        bad.write_bytes(data[:size])
+        with pytest.raises(checkpoint.CorruptCheckpointError) as info:
+            checkpoint.load(bad)
+        message = str(info.value)
+        assert message.startswith(f"{bad}: "), what
+        assert "empty" in message if size == 0 else "truncated or not a torch file" in message, what
+        assert "--resume" in message and "start it over" in message, what
+        assert isinstance(info.value, ValueError) and info.value.path == bad
+    (tmp_path / "notes.pt").write_text("these are not weights")
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="notes.pt: the file is truncated or not a torch"):
+        checkpoint.load(tmp_path / "notes.pt")
+    torch.save({"cfg": TrainConfig()}, tmp_path / "pickled.pt")
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="pickled.pt: the file holds pickled Python objects"):
+        checkpoint.load(tmp_path / "pickled.pt")
+
+
+def test_resume_from_a_truncated_checkpoint_says_how_to_recover(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2)
+    fit(_toy_model(), _loss(crash_after=None), _Toy(), cfg, tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(checkpoint.CorruptCheckpointError, match=f"{path}: the file is truncated.*--resume"):
+        fit(_toy_model(), _loss(), _Toy(), cfg, tmp_path, resume=True)
+
+
+def test_corrupt_cache_file_is_a_warned_miss(tmp_path):
+    path = checkpoint.atomic_save({"key": "k", "embeddings": torch.ones(3, 2)}, tmp_path / "teacher_cache.pt")
+    assert checkpoint.load_cache(path)["key"] == "k"
+    assert checkpoint.load_cache(tmp_path / "missing.pt") is None
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=f"ignoring corrupt cache file {path}: the file is truncated"):
+        assert checkpoint.load_cache(path) is None
+
+
+def test_corrupt_teacher_cache_is_rebuilt(tmp_path):
+    from mtmg.alignment import cached_teacher_embeddings
+
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
+    data = [{"rgb": x} for x in _Toy().x[:6]]
+    path = tmp_path / "teacher_cache.pt"
+    first = cached_teacher_embeddings(teacher, data, 1, path, "key", device=torch.device("cpu"), batch_size=4)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.warns(UserWarning, match="teacher_cache.pt"):
+        again = cached_teacher_embeddings(teacher, data, 1, path, "key", device=torch.device("cpu"), batch_size=4)
+    assert torch.equal(first, again) and torch.equal(checkpoint.load(path)["embeddings"], first)

@@ -10,9 +10,22 @@ import rasterio
 import torch
 
 from mtmg import prompts
-from mtmg.datasets import (DatasetNotFoundError, LabelError, MissingFileError, ShapeError, get_dataset)
-from mtmg.datasets.bigearthnet import (CLASSES_19, CLASSES_43, LABEL_CONVERTER_43_TO_5, LABEL_CONVERTER_43_TO_19,
-                                       LEVEL1_CLASSES, native_size)
+from mtmg.datasets import (
+    DatasetNotFoundError,
+    InvalidSampleError,
+    LabelError,
+    MissingFileError,
+    ShapeError,
+    get_dataset,
+)
+from mtmg.datasets.bigearthnet import (
+    CLASSES_19,
+    CLASSES_43,
+    LABEL_CONVERTER_43_TO_5,
+    LABEL_CONVERTER_43_TO_19,
+    LEVEL1_CLASSES,
+    native_size,
+)
 from mtmg.paths import DATA_DIR
 from mtmg.sentinel2 import BIGEARTHNET_S2_BANDS, band_index, rgb_composite
 
@@ -213,3 +226,60 @@ def test_v1_bad_inputs(tmp_path):
     shutil.rmtree(root / "BigEarthNet-S2-Example" / "S2A_MSIL2A_20170617T113321_4_55")
     with pytest.raises(MissingFileError, match="4_55"):
         get_dataset("bigearthnet19", root, "train")
+
+
+def _v1_copy(tmp_path):
+    root = tmp_path / "v1"
+    shutil.copytree(V1, root)
+    shutil.copy(DATA_DIR / "splits/bigearthnet_v1_sample-train.csv", root / "bigearthnet-train.csv")
+    patch = "S2A_MSIL2A_20170613T101031_87_48"
+    return root, root / "BigEarthNet-S2-Example" / patch / f"{patch}_labels_metadata.json"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"labels": null}', '"labels" is null; expected'),
+    (b'{"labels": "Pastures"}', '"labels" is "Pastures"; expected'),
+    (b'["Pastures"]', '"labels" is null; expected'),
+    (b'{"labels": ["Past', "is not valid JSON"),
+    ('{"labels": ["Pâturages"]}'.encode("latin-1"), "is not UTF-8 text"),
+])
+def test_v1_malformed_label_file_names_it_and_can_be_skipped(tmp_path, content, message):
+    root, label_file = _v1_copy(tmp_path)
+    label_file.write_bytes(content)
+    ds = get_dataset("bigearthnet19", root, "train")
+    with pytest.raises(InvalidSampleError, match=message) as info:
+        ds[0]
+    assert info.value.path == label_file and str(label_file) in str(info.value)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        skipping = get_dataset("bigearthnet19", root, "train", on_error="skip")
+    assert len(skipping) == 3 and [s.path for s in skipping.skipped] == [label_file]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"v2_patches": {', "is not valid JSON"),
+    (b'\xff\xfe{}', "is not UTF-8 text"),
+    (b'{"v2_patches": [1, 2]}', "'v2_patches' mapping"),
+])
+def test_v2_malformed_metadata_names_the_file(tmp_path, content, message):
+    meta = tmp_path / "v2_metadata_labels.json"
+    meta.write_bytes(content)
+    with pytest.raises(InvalidSampleError, match=message) as info:
+        get_dataset("bigearthnet_v2", V2, "train", metadata=meta)
+    assert str(meta) in str(info.value)
+
+
+def test_v2_labels_that_are_not_a_list_are_a_row_problem(tmp_path):
+    content = json.loads((SAMPLE / "v2_metadata_labels.json").read_text())
+    row = next(r for r in content["v2_patches"].values() if r["split"] == "train")
+    row["labels"] = "Pastures"
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(content))
+    with pytest.raises(LabelError, match="labels are 'Pastures'; expected a list"):
+        get_dataset("bigearthnet_v2", V2, "train", metadata=meta)
+
+
+def test_v2_corrupt_parquet_names_the_file(tmp_path):
+    meta = tmp_path / "metadata.parquet"
+    meta.write_bytes(b"PAR1 not really")
+    with pytest.raises(LabelError, match="metadata.parquet: cannot be read as a parquet table"):
+        get_dataset("bigearthnet_v2", V2, "train", metadata=meta)

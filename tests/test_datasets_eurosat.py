@@ -6,13 +6,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import Affine
 import torch
 from PIL import Image
+from rasterio.transform import Affine
 
 from mtmg import prompts
-from mtmg.datasets import (BandCountError, CorruptFileError, DatasetNotFoundError, DTypeError, LabelError,
-                           MissingFileError, NonFiniteError, ShapeError, UnknownClassError, get_dataset)
+from mtmg.datasets import (
+    BandCountError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    DTypeError,
+    LabelError,
+    MissingFileError,
+    NonFiniteError,
+    ShapeError,
+    UnknownClassError,
+    get_dataset,
+)
 from mtmg.datasets import eurosat as eurosat_module
 from mtmg.datasets.eurosat import EUROSAT_CLASSES, sample_split
 from mtmg.paths import DATA_DIR
@@ -286,3 +296,25 @@ def test_batches_collate_with_the_default_collate():
     batch = next(iter(loader))
     assert batch["ms"].shape == (8, 13, 64, 64) and batch["rgb"].shape == (8, 3, 64, 64)
     assert batch["target"].dtype == torch.int64 and len(batch["id"]) == 8
+
+
+def test_broken_symbolic_link_among_tiles_is_named_and_listed_when_skipped(small_root, tmp_path_factory):
+    link = small_root / "Forest" / "Forest_2.tif"
+    link.symlink_to(tmp_path_factory.mktemp("gone") / "Forest_2.tif")
+    ds = get_dataset("eurosat_ms", small_root, "all")
+    assert "Forest_2" in [r.id for r in ds.records]
+    with pytest.raises(MissingFileError, match="Forest_2.tif: file not found.*broken symbolic link"):
+        ds[[r.id for r in ds.records].index("Forest_2")]
+    with pytest.warns(UserWarning, match="skipped 1"):
+        skipping = get_dataset("eurosat_ms", small_root, "all", on_error="skip")
+    assert len(skipping) == 3 and [s.path for s in skipping.skipped] == [link]
+    assert "broken symbolic link" in skipping.skipped[0].reason
+
+
+def test_a_bad_tile_read_in_a_dataloader_worker_keeps_its_error_type_and_path(small_root):
+    path = small_root / "Forest" / "Forest_1.tif"
+    path.write_bytes(b"not a tiff" * 100)
+    loader = torch.utils.data.DataLoader(get_dataset("eurosat_ms", small_root, "test"), batch_size=3, num_workers=1)
+    with pytest.raises(CorruptFileError) as info:
+        next(iter(loader))
+    assert info.value.path == path and str(info.value).startswith(f"{path}: cannot be decoded as a GeoTIFF")

@@ -7,8 +7,17 @@ import torch
 from PIL import Image
 
 from mtmg import prompts
-from mtmg.datasets import (DATASET_NAMES, CorruptFileError, DatasetNotFoundError, LabelError, ShapeError,
-                           UnknownClassError, carve_validation, dataset_class, get_dataset)
+from mtmg.datasets import (
+    DATASET_NAMES,
+    CorruptFileError,
+    DatasetNotFoundError,
+    LabelError,
+    ShapeError,
+    UnknownClassError,
+    carve_validation,
+    dataset_class,
+    get_dataset,
+)
 from mtmg.datasets.folder import RESISC45_CLASSES
 from mtmg.paths import DATA_DIR
 
@@ -85,7 +94,7 @@ def test_resisc45_torchgeo_layout(tmp_path):
 
 def test_registry_names_and_errors():
     assert set(DATASET_NAMES) == {"eurosat_ms", "eurosat_rgb", "resisc45", "folder", "bigearthnet5", "bigearthnet19",
-                                  "bigearthnet43", "bigearthnet_v2", "sen12ms", "shards"}
+                                  "bigearthnet43", "bigearthnet_v2", "sen12ms", "shards", "synthetic"}
     for name in DATASET_NAMES:
         assert isinstance(dataset_class(name), type)
     with pytest.raises(ValueError, match="unknown dataset"):
@@ -109,3 +118,19 @@ def test_carve_validation_is_disjoint_deterministic_and_keeps_attributes():
     assert len(carve_validation(ds, fraction=0.5, max_size=7)[1]) == 7
     with pytest.raises(ValueError, match="fraction"):
         carve_validation(ds, fraction=1.5)
+
+
+def test_broken_symbolic_link_in_a_class_folder_is_listed_when_skipped(folder_root, tmp_path_factory):
+    link = folder_root / "train" / "forest" / "forest9.png"
+    link.symlink_to(tmp_path_factory.mktemp("gone") / "forest9.png")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ds = get_dataset("folder", folder_root, "train", on_error="skip")
+    assert len(ds) == 9 and [s.path for s in ds.skipped] == [link]
+    assert "broken symbolic link" in ds.skipped[0].reason
+
+
+def test_unknown_dataset_is_an_argument_error():
+    from mtmg.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="unknown dataset 'eurosat'; expected one of eurosat_ms, "):
+        get_dataset("eurosat", DATA_DIR / "eurosat_ms_sample", "train")

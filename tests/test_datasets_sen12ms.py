@@ -104,3 +104,44 @@ def test_bad_inputs(root, tmp_path):
     _write(bad / "ROIs1970_fall/s2_5" / f"{name}.tif", np.ones((13, SIDE, SIDE), dtype=np.uint16))
     with pytest.raises(LabelError, match="no valid IGBP code"):
         get_dataset("sen12ms", bad, "test")[0]
+
+
+def test_b10_zeroed_on_request_and_composite_selectable(root):
+    from mtmg.sentinel2 import band_index, rgb_composite
+
+    real = get_dataset("sen12ms", root, "test")
+    zeroed = get_dataset("sen12ms", root, "test", b10="zero")
+    b10 = band_index("B10")
+    raw_real, raw_zero = real.raw(0)[0], zeroed.raw(0)[0]
+    assert raw_real[b10].any() and not raw_zero[b10].any()
+    others = [i for i in range(13) if i != b10]
+    np.testing.assert_array_equal(raw_real[others], raw_zero[others])
+    assert not zeroed[0]["ms"][b10].any() and real[0]["ms"][b10].any()
+    assert real.level == "L1C"
+    authors = get_dataset("sen12ms", root, "test", composite="L2A")
+    np.testing.assert_array_equal(authors[0]["rgb"].numpy().transpose(1, 2, 0), rgb_composite(raw_real, "L2A"))
+    assert not np.array_equal(real[0]["rgb"].numpy(), authors[0]["rgb"].numpy())
+    with pytest.raises(ValueError, match="b10"):
+        get_dataset("sen12ms", root, "test", b10="drop")
+    with pytest.raises(ValueError, match="composite"):
+        get_dataset("sen12ms", root, "test", composite="L3")
+
+
+def test_student_trained_without_b10_reads_sen12ms_without_it(root):
+    from mtmg.config import DataSpec
+    from mtmg.sentinel2 import band_index
+    from mtmg.student import band_metadata, evaluation_spec
+
+    def reader(level):
+        return type("Reader", (), {"level": level})()
+
+    wrapped = type("Subset", (), {"dataset": reader("L2A")})()  # a subset of a BigEarthNet-like L2A set
+    trained_without = band_metadata(wrapped)
+    assert trained_without["zero_filled"] == ["B10"]
+    spec = DataSpec(name="sen12ms", root=str(root))
+    chosen = evaluation_spec(spec, trained_without)
+    assert chosen.options == {"b10": "zero"}
+    assert not get_dataset("sen12ms", root, "test", **chosen.options)[0]["ms"][band_index("B10")].any()
+    kept = DataSpec(name="sen12ms", root=str(root), options={"b10": "real"})
+    assert evaluation_spec(kept, trained_without) == kept
+    assert evaluation_spec(spec, band_metadata(reader("L1C"))) == spec

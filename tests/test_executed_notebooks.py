@@ -95,3 +95,66 @@ def test_no_figure_is_shown_twice(path):
     assert path.is_file(), f"{path} is missing; run `make notebooks` first"
     pngs = _pngs(path)
     assert len(set(pngs)) == len(pngs), f"{path.name}: the same figure appears more than once"
+
+
+# --- the teaching frame -----------------------------------------------------------------------------------
+
+def _chapter(path: Path) -> int:
+    return int(path.stem[:2])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_hides_set_up_and_takes_overrides(path):
+    nb = nbformat.read(path, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "remove-cell" in params.metadata["tags"], f"{path.name}: the parameters cell must be hidden in the book"
+    assert "overrides = {}" in params.source, f"{path.name}: add the overrides parameter"
+    setup = next(c for c in nb.cells if c.cell_type == "code" and "load_profile(profile" in c.source)
+    assert "overrides=overrides" in setup.source, f"{path.name}: pass overrides to load_profile"
+    assert "remove-input" in setup.metadata.get("tags", []), f"{path.name}: hide the set-up code"
+    assert "{glue:md}`time-box`" in nb.cells[0].source and "Prerequisites" in nb.cells[0].source, \
+        f"{path.name}: the chapter must open with its goals, prerequisites and time"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_source_has_its_exercises_with_toggled_solutions(path):
+    from mtmg import teaching
+
+    text = "\n".join(c.source for c in nb_cells(path) if c.cell_type == "markdown")
+    for ex in teaching.chapter_exercises(_chapter(path)):
+        assert f":label: {ex.label}" in text, f"{path.name}: exercise {ex.label} missing"
+        assert f"{{solution}} {ex.label}\n:class: dropdown" in text, f"{path.name}: solution of {ex.label} not toggled"
+        assert f"{{glue:md}} {ex.label}-solution" in text, f"{path.name}: solution of {ex.label} not glued from its run"
+
+
+def nb_cells(path: Path):
+    return nbformat.read(path, as_version=4).cells
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
+def test_every_figure_cell_has_a_caption_and_alt_text(path):
+    for cell in nb_cells(path):
+        last_line = "\n" + cell.source.splitlines()[-1] if cell.source else ""
+        if cell.cell_type == "code" and "figures." in cell.source and "\nfigures." in last_line:
+            meta = cell.metadata.get("mystnb", {})
+            assert meta.get("figure", {}).get("caption"), f"{path.name}: figure cell without caption:\n{cell.source}"
+            assert len(meta.get("image", {}).get("alt", "")) > 30, f"{path.name}: figure cell without alt text"
+
+
+@pytest.mark.parametrize("path", _executed(), ids=lambda p: p.stem)
+def test_executed_notebook_hides_injected_parameters_and_glues_every_solution(path):
+    from mtmg import teaching
+
+    assert path.is_file(), f"{path} is missing; run `make notebooks` first"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            assert "remove-cell" in cell.metadata["tags"], f"{path.name}: papermill's cell is not hidden"
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name"):
+             next((v for k, v in o.get("data", {}).items() if k.endswith("text/markdown")), "")
+             for o in _outputs(nb)}
+    assert glued.get("time-box"), f"{path.name}: no measured time for the opening box"
+    for ex in teaching.chapter_exercises(_chapter(path)):
+        solution = glued.get(f"{ex.label}-solution", "")
+        assert "| quantity | book's run | with the change | change |" in solution, \
+            f"{path.name}: the solution of {ex.label} has no measured comparison"

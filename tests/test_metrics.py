@@ -176,3 +176,42 @@ def test_shape_errors():
         metrics.top1_accuracy(np.ones((3, 2)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         metrics.average_precision_per_class(np.full((2, 1), np.nan), np.ones((2, 1)))
+
+
+def _clip_like_logits(rng, n=2000, c=8, prevalence=0.15):
+    """100 * cos logits: cosines near 0.25, positives 0.04 higher (a good but imperfect ranking)."""
+    targets = (rng.random((n, c)) < prevalence).astype(np.float32)
+    cos = 0.25 + 0.04 * targets + 0.015 * rng.normal(size=(n, c))
+    return torch.from_numpy(100 * cos), torch.from_numpy(targets)
+
+
+def test_authors_convention_collapses_to_prevalence_on_bf16_logits(rng):
+    logits, targets = _clip_like_logits(rng)
+    correct = metrics.macro_average_precision(logits, targets)
+    authors = metrics.authors_macro_average_precision(logits, targets)  # bf16, as under autocast
+    prevalence = float(targets.mean())
+    assert correct > 0.75
+    assert abs(authors - prevalence) < 0.05
+    assert metrics.authors_macro_average_precision(logits.float(), targets, "float32") < correct - 0.3
+    # in float64 the sigmoid keeps the order (but for a few ties): the convention then nearly agrees
+    in_float64 = metrics.authors_macro_average_precision(logits.double(), targets, "float64")
+    assert in_float64 == pytest.approx(correct, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_authors_convention_equals_torchmetrics(rng, dtype):
+    logits, targets = _clip_like_logits(rng, n=400, c=5)
+    targets[:, 4] = 0  # an empty class counts as 0 in torchmetrics
+    want = tmc.multilabel_average_precision(logits.to(dtype), targets.long(), num_labels=5, average="macro")
+    got = metrics.authors_macro_average_precision(logits, targets, dtype)
+    assert got == pytest.approx(float(want), abs=1e-6)
+
+
+def test_empty_class_rule_is_a_parameter():
+    scores = np.array([[0.9, 0.1], [0.2, 0.5], [0.8, 0.3]])
+    targets = np.array([[1, 0], [0, 0], [1, 0]])
+    assert metrics.macro_average_precision(scores, targets) == 1.0
+    assert metrics.macro_average_precision(scores, targets, empty_class="zero") == 0.5
+    assert metrics.classes_scored(targets) == 1
+    with pytest.raises(ValueError, match="empty_class"):
+        metrics.macro_average_precision(scores, targets, empty_class="one")

@@ -110,3 +110,55 @@ def test_supported_task_accuracy_of_the_tiny_model(tiny_weights: Path) -> None:
     bundle = load_clip(MODEL_NAME, tiny_weights)
     acc = miniclip.supported_task_accuracy(bundle, "val", num_samples=40)
     assert 0.0 <= acc <= 1.0 and (acc * 40) == pytest.approx(round(acc * 40))
+
+
+def test_ensure_miniclip_returns_the_shipped_file_for_its_key(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    shipped = shipped_dir / miniclip_path(tmp_path, TINY).name
+    shipped.write_bytes(b"weights")
+    monkeypatch.setattr(miniclip, "SHIPPED_DIR", shipped_dir)
+    monkeypatch.setattr(miniclip, "pretrain_miniclip", lambda *a, **k: pytest.fail("pretrained, though shipped"))
+    assert ensure_miniclip(tmp_path / "cache", TINY) == shipped
+    assert miniclip.shipped_weights(replace(TINY, seed=2)) is None
+
+
+def test_ship_keeps_float16_only_within_the_tolerance(tiny_weights: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    entry = miniclip_path(cache, TINY)
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(tiny_weights.read_bytes())
+    entry.with_suffix(".json").write_text(tiny_weights.with_suffix(".json").read_text())
+    for drop, dtype in ((0.005, torch.float16), (0.02, torch.float32)):
+        def fake(weights, device="cpu", drop=drop):
+            half = torch.load(weights, weights_only=True)["logit_scale"].dtype == torch.float16
+            return {"synthetic": 0.6 - (drop if half else 0.0), "eurosat": 0.3}
+        monkeypatch.setattr(miniclip, "zeroshot_accuracies", fake)
+        out = miniclip.ship(tmp_path / f"out-{drop}", cache, TINY)
+        assert out.name == entry.name
+        assert {v.dtype for v in torch.load(out, weights_only=True).values() if v.is_floating_point()} == {dtype}
+        record = json.loads(out.with_suffix(".json").read_text())
+        assert record["stored_dtype"] == str(dtype).removeprefix("torch.") and "losses" not in record
+        log = miniclip.pd.read_csv(out.with_suffix(".csv"))
+        assert list(log.columns) == ["step", "lr", "loss"] and len(log) == TINY.steps
+        losses = json.loads(entry.with_suffix(".json").read_text())["losses"]
+        assert log.loss.tolist() == pytest.approx(losses, rel=1e-5)
+
+
+def test_shipped_weights_match_the_default_config_and_their_record() -> None:
+    path = miniclip.shipped_weights()
+    assert path is not None, f"no weights for the default MiniClipConfig in {miniclip.SHIPPED_DIR}"
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["cache_key"] == MiniClipConfig().cache_key()
+    top1 = record["zeroshot_top1"]
+    assert all(abs(top1["float16"][k] - top1["float32"][k]) <= miniclip.FP16_TOLERANCE for k in top1["float32"])
+    state = torch.load(path, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    register_model_config(miniclip.MODEL_CONFIG_DIR)
+    model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=str(path))
+    assert all(torch.equal(v.half(), state[k]) for k, v in model.state_dict().items())
+    log = miniclip.shipped_pretraining_log()
+    assert len(log) == MiniClipConfig().steps and log.step.iloc[-1] == MiniClipConfig().steps
+    assert log.loss.tail(50).mean() < log.loss.head(50).mean() - 1.0

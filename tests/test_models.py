@@ -13,8 +13,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mtmg.device import autocast, resolve_device
-from mtmg.models import (RANDOM_INIT, ImageClassifier, WeightsUnavailableError, ZeroShotHead, load_clip,
-                         register_model_config)
+from mtmg.models import (
+    RANDOM_INIT,
+    ImageClassifier,
+    WeightsUnavailableError,
+    ZeroShotHead,
+    load_clip,
+    register_model_config,
+)
 
 TINY_CONFIG = Path(__file__).parent / "model_configs" / "TinyCLIP-test.json"
 

@@ -16,25 +16,18 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from mtmg import checkpoint, patching
+from mtmg import checkpoint, patching, tasks
 from mtmg.config import ClipSpec, DataSpec, PatchConfig, TrainConfig
 from mtmg.models import ZeroShotHead, load_clip
 from mtmg.patching import EvalTask, interpolate_state_dicts, select_alpha, sweep
 from mtmg.training import InMemoryDataset
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import EUROSAT, ROOT
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-EUROSAT = DataSpec(name="eurosat_ms", root=str(ROOT / "data/eurosat_ms_sample"))
 
 
 def _tiny_clip():
@@ -49,7 +42,7 @@ def _random_head(classes: int = 10, dim: int = 128, seed: int = 0) -> ZeroShotHe
 
 
 def _tiles(bundle, split: str) -> InMemoryDataset:
-    return InMemoryDataset(patching.open_split(EUROSAT, split, bundle.preprocess_val), ("rgb", "target"))
+    return InMemoryDataset(tasks.open_split(EUROSAT, split, bundle.preprocess_val), ("rgb", "target"))
 
 
 # --- interpolation -----------------------------------------------------------------------------------------
@@ -198,7 +191,7 @@ def test_paint_augmentation_is_reproducible_per_item_seed():
     from mtmg.augment import paint_train_transform
     from mtmg.training import SeededDataset
 
-    data = SeededDataset(patching.open_split(EUROSAT, "train", paint_train_transform(64, (0.5,) * 3, (0.25,) * 3)))
+    data = SeededDataset(tasks.open_split(EUROSAT, "train", paint_train_transform(64, (0.5,) * 3, (0.25,) * 3)))
     a, b, c = data[(7, 1234)], data[(7, 1234)], data[(7, 99)]
     assert a["rgb"].shape == (3, 64, 64) and a["index"] == 7
     assert torch.equal(a["rgb"], b["rgb"]) and not torch.equal(a["rgb"], c["rgb"])
@@ -242,7 +235,7 @@ CHILD = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     from pathlib import Path
-    from mtmg import checkpoint, patching
+    from mtmg import checkpoint, patching, tasks
     from mtmg.config import DataSpec, PatchConfig, TrainConfig
     from mtmg.models import ZeroShotHead, load_clip
     from mtmg.training import InMemoryDataset
@@ -252,7 +245,7 @@ CHILD = textwrap.dedent('''
     torch.manual_seed(0)
     bundle = load_clip("MiniCLIP-64", None)
     spec = DataSpec(name="eurosat_ms", root=sys.argv[4])
-    tiles = patching.open_split(spec, "train", bundle.preprocess_val)
+    tiles = tasks.open_split(spec, "train", bundle.preprocess_val)
     train = InMemoryDataset(torch.utils.data.Subset(tiles, range(0, 100, 2)), ("rgb", "target"))
     if slow:
         class Slow(torch.utils.data.Dataset):

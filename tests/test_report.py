@@ -297,7 +297,7 @@ def test_false_colour_puts_near_infrared_in_red():
 
 
 def test_retrieval_examples_figure_marks_hits():
-    from mtmg.pipeline import RetrievalExample
+    from mtmg.views import RetrievalExample
 
     tiles = {f"C{i}": _Tile(i, f"C{i}") for i in range(4)}
     ex = [RetrievalExample("C0", 0, ["C0", "C1", "C2"], [0, 1, 0], [0.9, 0.5, 0.4], 0)]

@@ -24,7 +24,7 @@ def _tiles(cls: str) -> list[Path]:
 
 
 def test_band_tables_agree_with_torchgeo():
-    from torchgeo.datasets import EuroSAT, SEN12MS
+    from torchgeo.datasets import SEN12MS, EuroSAT
 
     assert s2.EUROSAT_FILE_BANDS == tuple(EuroSAT.all_band_names)
     assert s2.SSL4EO_BANDS == tuple(SEN12MS.BAND_SETS["s2-all"])
@@ -83,6 +83,21 @@ def test_ms_view_scales_and_clamps():
     torch.testing.assert_close(s2.ms_view(torch.from_numpy(arr.astype(np.int32))), view)
     with pytest.raises(ValueError, match="13"):
         s2.ms_view(arr[:12])
+
+
+def test_ms_view_of_a_real_tile_runs_no_torch_kernels():
+    """The per-sample MS view is numpy work: no torch kernel that the intra-op thread pool could split."""
+    from torch.profiler import ProfilerActivity, profile
+
+    raw = s2.to_ssl4eo(_read(_tiles("River")[0]), s2.EUROSAT_FILE_BANDS)
+    expected = (torch.from_numpy(raw.astype(np.float32)) / 10000.0).clamp_(0.0, 1.0)
+    for x in (raw, torch.from_numpy(raw.astype(np.int32))):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            view = s2.ms_view(x)
+        kernels = {e.name for e in prof.events()} & {"aten::div", "aten::div_", "aten::clamp", "aten::clamp_",
+                                                      "aten::_to_copy", "aten::copy_"}
+        assert not kernels, f"ms_view ran torch kernels {kernels}"
+        assert torch.equal(view, expected)
 
 
 @pytest.mark.parametrize("level,white", [("L1C", 3558.0), ("L2A", 2000.0)])

@@ -1,7 +1,10 @@
 """WebDataset shards: writing in CLIP_benchmark's layout and reading back identical samples."""
+import io
 import json
+import pickle
 import shutil
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -9,8 +12,15 @@ import torch
 import webdataset as wds
 
 from mtmg import prompts
-from mtmg.datasets import (CorruptFileError, DatasetNotFoundError, DTypeError, MissingFileError, get_dataset,
-                           write_shards)
+from mtmg.datasets import (
+    CorruptFileError,
+    DatasetNotFoundError,
+    DTypeError,
+    LabelError,
+    MissingFileError,
+    get_dataset,
+    write_shards,
+)
 from mtmg.datasets.shards import webdataset_pipeline
 from mtmg.paths import DATA_DIR
 
@@ -123,3 +133,140 @@ def test_bad_shards(eurosat_shards, tmp_path):
     ds = get_dataset("shards", wrong, "val")
     with pytest.raises(DTypeError, match="float32, expected uint16"):
         ds[0]
+
+
+class _Payload:
+    """Unpickling this object creates ``path`` (what an attacker's code could do)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _plant(tar_path, key, members):
+    """Rewrite ``tar_path`` with extra ``members`` (extension -> bytes) inside sample ``key``."""
+    with tarfile.open(tar_path) as tar:
+        entries = [(info, tar.extractfile(info).read()) for info in tar]
+    with tarfile.open(tar_path, "w") as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data))
+            if info.name == f"{key}.npy":
+                for ext, payload in members.items():
+                    planted = tarfile.TarInfo(f"{key}.{ext}")
+                    planted.size = len(payload)
+                    tar.addfile(planted, io.BytesIO(payload))
+
+
+def test_streaming_a_shard_runs_no_planted_code(tmp_path):
+    from mtmg.cli import main
+
+    out = tmp_path / "shards"
+    assert main(["shard", "--dataset", "eurosat_ms", "--root", str(MS), "--out", str(out), "--split", "test",
+                 "--samples-per-shard", "25"]) == 0
+    by_pickle, by_torch = tmp_path / "by_pickle", tmp_path / "by_torch"
+    pth = io.BytesIO()
+    torch.save({"state": _Payload(by_torch)}, pth)
+    _plant(out / "test" / "0.tar", "s0000000", {"pyd": pickle.dumps(_Payload(by_pickle)), "pth": pth.getvalue()})
+    with tarfile.open(out / "test" / "1.tar", "a") as tar:  # and a sample of its own, with only a pickle
+        alone = pickle.dumps(_Payload(by_pickle))
+        info = tarfile.TarInfo("s9999999.pyd")
+        info.size = len(alone)
+        tar.addfile(info, io.BytesIO(alone))
+    with tarfile.open(out / "test" / "0.tar") as tar:
+        assert {"s0000000.pyd", "s0000000.pth"} <= set(tar.getnames())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        streamed = list(webdataset_pipeline(out, "test"))
+    assert not by_pickle.exists() and not by_torch.exists()
+    assert any("ignoring member(s) s0000000.pth, s0000000.pyd" in str(w.message) for w in caught)
+    source = get_dataset("eurosat_ms", MS, "test")
+    assert len(streamed) == len(source) == 50
+    for i in (0, 1, 49):
+        _assert_same(streamed[i], source[i])
+    mapped = get_dataset("shards", out, "test")
+    assert len(mapped) == 50
+    _assert_same(mapped[0], source[0])
+    assert not by_pickle.exists() and not by_torch.exists()
+
+
+def _rewrite(tar_path, name, data):
+    """Replace member ``name`` of ``tar_path`` by ``data`` (None: drop it)."""
+    with tarfile.open(tar_path) as tar:
+        entries = [(info, tar.extractfile(info).read()) for info in tar]
+    with tarfile.open(tar_path, "w") as tar:
+        for info, content in entries:
+            if info.name == name:
+                if data is None:
+                    continue
+                content, info.size = data, len(data)
+            tar.addfile(info, io.BytesIO(content))
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("s0000000.cls", b"99", "0.tar: member s0000000.cls holds '99'; expected a class index below 10"),
+    ("s0000000.id.txt", b"\xff\xfe", "0.tar: member s0000000.id.txt is not UTF-8 text"),
+    ("s0000000.npy", None, "0.tar: sample s0000000 lacks"),
+])
+def test_bad_shard_members_name_the_shard(eurosat_shards, tmp_path, name, data, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(eurosat_shards, bad)
+    _rewrite(bad / "val/0.tar", name, data)
+    with pytest.raises(LabelError, match=message):
+        next(iter(webdataset_pipeline(bad, "val")))
+    with pytest.raises(LabelError, match=message.split(":")[0]):
+        get_dataset("shards", bad, "val")
+
+
+def test_corrupt_shard_metadata_names_the_file(eurosat_shards, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(eurosat_shards, bad)
+    (bad / "val/nshards.txt").write_text("four\n")
+    with pytest.raises(LabelError, match="nshards.txt: holds 'four'"):
+        get_dataset("shards", bad, "val")
+    (bad / "dataset_info.json").write_text('{"source": ')
+    with pytest.raises(LabelError, match="dataset_info.json: is not valid JSON"):
+        webdataset_pipeline(bad, "val")
+
+
+def test_skipped_files_are_listed_next_to_the_shards(tmp_path):
+    root = tmp_path / "eurosat"
+    shutil.copytree(MS, root)
+    split = tmp_path / "split.txt"
+    stems = (DATA_DIR / "splits" / "eurosat_ms_sample-val.txt").read_text().split()
+    split.write_text("\n".join(stems) + "\n")
+    bad = root / "Forest" / f"{next(s for s in stems if s.startswith('Forest'))}"
+    bad = bad.with_suffix(".tif") if bad.suffix != ".tif" else bad
+    bad.write_bytes(b"not a tiff")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        folder = write_shards("eurosat_ms", root, tmp_path / "out", "val", split_file=split, on_error="skip")
+    lines = (folder / "skipped.tsv").read_text().splitlines()
+    assert lines[0] == "path\treason" and len(lines) == 2
+    assert lines[1].startswith(f"{bad}\tcannot be decoded as a GeoTIFF")
+    assert (folder / "nsamples.txt").read_text().strip() == "49"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "classnames.txt", "dataset_info.json", "val", "zeroshot_classification_templates.txt"]
+
+
+def test_an_interrupted_write_keeps_the_previous_split(eurosat_shards, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(eurosat_shards, out)
+    before = {p.name: p.read_bytes() for p in (out / "val").iterdir()}
+
+    class Interrupted(Exception):
+        pass
+
+    def fail(self, index):
+        if index == 20:
+            raise Interrupted
+        return original(self, index)
+
+    from mtmg.datasets.base import MultispectralDataset
+    original = MultispectralDataset.raw
+    monkeypatch.setattr(MultispectralDataset, "raw", fail)
+    with pytest.raises(Interrupted):
+        write_shards("eurosat_ms", MS, out, "val", samples_per_shard=16)
+    assert {p.name: p.read_bytes() for p in (out / "val").iterdir()} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in eurosat_shards.iterdir())
+    assert len(get_dataset("shards", out, "val")) == 50

@@ -6,7 +6,7 @@ import pytest
 
 from mtmg.paths import DATA_DIR
 
-FOLDERS = ["eurosat_ms_sample", "eurosat_rgb_sample", "bigearthnet_sample"]
+FOLDERS = ["eurosat_ms_sample", "eurosat_rgb_sample", "bigearthnet_sample", "miniclip"]
 
 
 def _entries(folder: Path) -> list[tuple[str, str]]:

@@ -184,3 +184,37 @@ def test_evaluate_zeroshot_single_and_multi_label():
     result = evaluate_zeroshot(classifier, loader, key="ms", multilabel=True)
     assert result["macro_ap"] == pytest.approx(metrics.macro_average_precision(logits, targets))
     assert len(result["per_class_ap"]) == 3 and result["n_samples"] == 12
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "truncated"])
+def test_corrupt_head_cache_is_rebuilt_with_a_warning(bundle, tmp_path, content):
+    first = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    [path] = tmp_path.glob("*.pt")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2] if content == "truncated" else content)
+    with pytest.warns(UserWarning, match=f"ignoring corrupt cache file {path}"):
+        again = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    torch.testing.assert_close(again.weight, first.weight, rtol=0, atol=0)
+    torch.testing.assert_close(torch.load(path, weights_only=True)["weight"], first.weight)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_cache_file_without_a_head_is_a_miss(bundle, tmp_path):
+    first = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    [path] = tmp_path.glob("*.pt")
+    key = torch.load(path, weights_only=True)["key"]
+    torch.save({"key": key, "weight": [1, 2]}, path)  # the right key, but no head inside
+    again = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    torch.testing.assert_close(again.weight, first.weight, rtol=0, atol=0)
+
+
+def test_corrupt_embedding_cache_is_recomputed(tmp_path):
+    encoder = _Counting()
+    loader, _, _ = _loader()
+    cache = tmp_path / "emb.pt"
+    emb, _ = extract_embeddings(encoder, loader, key="ms", cache_path=cache, cache_key="k1")
+    cache.write_bytes(b"")
+    with pytest.warns(UserWarning, match="emb.pt: the file is empty"):
+        again, _ = extract_embeddings(encoder, loader, key="ms", cache_path=cache, cache_key="k1")
+    assert encoder.calls == 6 and torch.equal(again, emb)
+    assert torch.equal(torch.load(cache, weights_only=True)["embeddings"], emb)

@@ -19,8 +19,20 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .base import RGBDataset, Transform
-from .errors import (BandCountError, CorruptFileError, DatasetNotFoundError, DTypeError, InvalidSampleError,
-                     LabelError, MissingFileError, NonFiniteError, SampleError, ShapeError, UnknownClassError)
+from .errors import (
+    BandCountError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    DTypeError,
+    InvalidSampleError,
+    LabelError,
+    MissingFileError,
+    NonFiniteError,
+    SampleError,
+    ShapeError,
+    UnknownClassError,
+    UnknownDatasetError,
+)
 
 _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "eurosat_ms": ("eurosat", "EuroSATMS", {}),
@@ -33,6 +45,7 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bigearthnet_v2": ("bigearthnet", "BigEarthNetV2", {}),
     "sen12ms": ("sen12ms", "SEN12MS", {}),
     "shards": ("shards", "ShardsDataset", {}),
+    "synthetic": (".synthetic", "SyntheticDataset", {}),  # mtmg.synthetic: MiniCLIP's supported task, no root
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -40,7 +53,7 @@ DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 def dataset_class(name: str) -> type:
     """The reader class registered under ``name``."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_NAMES}")
+        raise UnknownDatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     module, cls, _ = _REGISTRY[name]
     return getattr(importlib.import_module(f".{module}", __name__), cls)
 
@@ -94,4 +107,5 @@ __all__ = [
     "DATASET_NAMES", "DatasetSubset", "carve_validation", "dataset_class", "get_dataset", "write_shards",
     "BandCountError", "CorruptFileError", "DatasetNotFoundError", "DTypeError", "InvalidSampleError",
     "LabelError", "MissingFileError", "NonFiniteError", "SampleError", "ShapeError", "UnknownClassError",
+    "UnknownDatasetError",
 ]

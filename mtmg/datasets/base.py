@@ -18,6 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..device import single_thread
+from ..errors import ArgumentError
 from ..sentinel2 import Level, ms_view, rgb_composite
 from .errors import SampleError
 
@@ -92,7 +94,7 @@ class SampleDataset(Dataset):
 
     def __init__(self, rgb_transform: Transform = None, on_error: OnError = "raise", cache: bool = False) -> None:
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise ArgumentError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.rgb_transform = rgb_transform
         self.on_error = on_error
         self.cache = cache
@@ -147,6 +149,11 @@ class SampleDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """The samples at ``indices`` (a DataLoader's batch), built with one torch thread (per-sample work)."""
+        with single_thread():
+            return [self[i] for i in indices]
 
 
 class MultispectralDataset(SampleDataset):

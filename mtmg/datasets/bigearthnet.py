@@ -34,8 +34,16 @@ from ..paths import DATA_DIR
 from ..sentinel2 import BAND_RESOLUTION_M, BIGEARTHNET_S2_BANDS, to_ssl4eo
 from .base import Loaded, MultispectralDataset, OnError, Record, Transform
 from .errors import DatasetNotFoundError, LabelError, MissingFileError
-from .layout import SPLITS_DIR, check_split, find_split_file, first_dir, is_shipped_sample, read_lines, \
-    require_root
+from .layout import (
+    SPLITS_DIR,
+    check_split,
+    find_split_file,
+    first_dir,
+    is_shipped_sample,
+    read_json,
+    read_lines,
+    require_root,
+)
 from .raster import read_raster
 
 CLASSES_43: list[str] = list(_TGBigEarthNet.class_sets[43])
@@ -90,6 +98,10 @@ def convert_labels(indices43: list[int], num_classes: int) -> tuple[int, ...]:
         return tuple(sorted(set(indices43)))
     table = {19: LABEL_CONVERTER_43_TO_19, 5: LABEL_CONVERTER_43_TO_5}[num_classes]
     return tuple(sorted({table[i] for i in indices43 if i in table}))
+
+
+def _is_name_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def names_to_indices(names: list[str], classes: list[str], path: Path) -> list[int]:
@@ -153,10 +165,11 @@ class BigEarthNet(MultispectralDataset):
         label_file = folder / f"{record.id}_labels_metadata.json"
         if not label_file.is_file():
             raise MissingFileError(label_file, "label file not found; every v1 patch folder has one")
-        try:
-            names = json.loads(label_file.read_text())["labels"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LabelError(label_file, f"expected JSON with a 'labels' list: {e}") from e
+        content = read_json(label_file, 'an object with a "labels" list of class names')
+        names = content.get("labels") if isinstance(content, dict) else None
+        if not _is_name_list(names):
+            raise LabelError(label_file, f'"labels" is {json.dumps(names)[:80]}; expected a JSON object with a '
+                                         '"labels" list of class names, e.g. {"labels": ["Pastures"]}')
         target = convert_labels(names_to_indices(names, CLASSES_43, label_file), self.num_classes)
         extras = {"s1": read_s1_patch(record.files["s1"], record.files["s1"].name)} if self.s1 else {}
         return Loaded(read_s2_patch(folder, record.id), target, extras)
@@ -166,10 +179,14 @@ def load_v2_metadata(path: Path) -> pd.DataFrame:
     """reBEN metadata (``metadata.parquet``, or the shipped sample's JSON) as a DataFrame."""
     path = Path(path)
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except (OSError, ValueError, ImportError) as e:
+            raise LabelError(path, f"cannot be read as a parquet table ({e}); download metadata.parquet again") from e
     else:
-        rows = json.loads(path.read_text()).get("v2_patches")
-        if not isinstance(rows, dict):
+        content = read_json(path, "an object with a 'v2_patches' mapping of patch_id -> row")
+        rows = content.get("v2_patches") if isinstance(content, dict) else None
+        if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
             raise LabelError(path, "expected a JSON object with a 'v2_patches' mapping of patch_id -> row")
         df = pd.DataFrame(list(rows.values()))
     missing = {"patch_id", "labels", "split"} - set(df.columns)
@@ -212,8 +229,13 @@ class BigEarthNetV2(MultispectralDataset):
         records, problems = [], []
         for row in table.itertuples(index=False):
             patch = str(row.patch_id)
+            labels = list(row.labels) if isinstance(row.labels, (list, tuple, np.ndarray)) else row.labels
+            if not _is_name_list(labels):
+                problems.append(LabelError(meta_path, f"row {patch}: labels are {labels!r}; expected a list of "
+                                                      "class names"))
+                continue
             try:
-                target = tuple(sorted(set(names_to_indices(list(row.labels), CLASSES_19, meta_path))))
+                target = tuple(sorted(set(names_to_indices(labels, CLASSES_19, meta_path))))
             except LabelError as e:
                 problems.append(LabelError(meta_path, f"row {patch}: {str(e).split(': ', 1)[1]}"))
                 continue

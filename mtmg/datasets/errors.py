@@ -2,18 +2,25 @@
 
 ``DatasetNotFoundError`` (a ``FileNotFoundError``) means the layout itself is missing. Per-file problems
 derive from :class:`SampleError`; with ``on_error="skip"`` a dataset skips exactly those and lists them
-in its ``.skipped`` attribute.
+in its ``.skipped`` attribute. All are :class:`mtmg.errors.DataError`, so the command line prints them
+as one line.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ArgumentError, DataError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
     """The dataset root, its expected folders or its split files are missing."""
 
 
-class UnknownClassError(ValueError):
+class UnknownDatasetError(ArgumentError):
+    """A dataset name that is not registered."""
+
+
+class UnknownClassError(DataError, ValueError):
     """A class folder or class name that the dataset does not define."""
 
     def __init__(self, path: str | Path, message: str) -> None:
@@ -22,23 +29,34 @@ class UnknownClassError(ValueError):
         self.reason = message
 
 
-class SampleError(Exception):
+class SampleError(DataError):
     """Mixin for problems with one sample's files; ``.path`` is the offending file, ``.reason`` the problem."""
 
     path: Path
     reason: str
 
 
-def _init(self: SampleError, path: str | Path, message: str) -> None:
+def _init(self: SampleError, path: str | Path, message: str | None) -> None:
+    if message is None:  # re-raised by a DataLoader worker: one string, the original traceback
+        path, message = from_worker(str(path))
     self.path = Path(path)
     self.reason = message
     self.args = (f"{path}: {message}",)
 
 
+def from_worker(text: str) -> tuple[str, str]:
+    """(path, reason) of an error that a DataLoader worker re-raises as ``ErrorClass(traceback_text)``:
+    the text ends with the line ``module.ErrorClass: path: reason``."""
+    lines = text.strip().splitlines()
+    _, _, last = (lines[-1] if lines else "").partition(": ")
+    path, _, reason = last.partition(": ")
+    return path, reason
+
+
 class MissingFileError(SampleError, FileNotFoundError):
     """A file that the split or the metadata lists does not exist."""
 
-    def __init__(self, path: str | Path, message: str) -> None:
+    def __init__(self, path: str | Path, message: str | None = None) -> None:
         FileNotFoundError.__init__(self)
         _init(self, path, message)
 
@@ -49,7 +67,7 @@ class MissingFileError(SampleError, FileNotFoundError):
 class InvalidSampleError(SampleError, ValueError):
     """A file exists but its content is not what the layout promises."""
 
-    def __init__(self, path: str | Path, message: str) -> None:
+    def __init__(self, path: str | Path, message: str | None = None) -> None:
         ValueError.__init__(self)
         _init(self, path, message)
 

@@ -23,8 +23,17 @@ from ..paths import DATA_DIR
 from ..sentinel2 import EUROSAT_FILE_BANDS, to_ssl4eo
 from .base import Loaded, MultispectralDataset, OnError, Record, RGBDataset, Transform
 from .errors import MissingFileError, ShapeError
-from .layout import SPLITS, SPLITS_DIR, check_split, find_split_file, first_dir, is_shipped_sample, read_lines, \
-    require_root, scan_class_folders
+from .layout import (
+    SPLITS,
+    SPLITS_DIR,
+    check_split,
+    find_split_file,
+    first_dir,
+    is_shipped_sample,
+    read_lines,
+    require_root,
+    scan_class_folders,
+)
 from .raster import read_image, read_raster
 
 EUROSAT_CLASSES: tuple[str, ...] = (

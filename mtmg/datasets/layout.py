@@ -1,12 +1,15 @@
 """Finding things on disk: split files, class folders, the first layout variant that exists."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from ..errors import ArgumentError
 from ..paths import DATA_DIR
-from .errors import DatasetNotFoundError, LabelError, UnknownClassError
+from .errors import DatasetNotFoundError, InvalidSampleError, LabelError, MissingFileError, UnknownClassError
 
 SPLITS_DIR = DATA_DIR / "splits"
 """Fixed splits of the shipped samples (committed, see data/splits/README.md)."""
@@ -16,7 +19,7 @@ SPLITS = ("train", "val", "test")
 
 def check_split(split: str, allowed: Sequence[str] = SPLITS) -> None:
     if split not in allowed:
-        raise ValueError(f"unknown split {split!r}; expected one of {tuple(allowed)}")
+        raise ArgumentError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
 
 
 def require_root(root: Path, what: str, howto: str) -> Path:
@@ -54,9 +57,40 @@ def find_split_file(candidates: Sequence[Path | None], split: str, what: str, ho
                                f"Or pass split_file=PATH.")
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; a missing, unreadable or non-UTF-8 file is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, "file not found" + broken_link_note(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidSampleError(path, f"is not UTF-8 text (byte {e.start}: {e.reason}); "
+                                       "re-export the file as UTF-8 or restore it from the dataset") from e
+    except OSError as e:
+        raise InvalidSampleError(path, f"cannot be read: {e.strerror or e}") from e
+
+
+def read_json(path: Path, expected: str) -> Any:
+    """The JSON content of ``path``; invalid JSON is a LabelError naming the file and ``expected``."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(path, f"is not valid JSON ({e}); expected {expected}") from e
+
+
 def read_lines(path: Path) -> list[str]:
-    """Non-empty stripped lines of a text file."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """Non-empty stripped lines of a UTF-8 text file."""
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def broken_link_note(path: Path) -> str:
+    """``" (a broken symbolic link to TARGET)"`` when ``path`` is a link whose target is missing, else ``""``."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f" (it is a broken symbolic link to {path.readlink()}; restore the target or remove the link)"
+    return ""
 
 
 def _natural_key(stem: str) -> tuple[str, int, str]:
@@ -71,7 +105,8 @@ def scan_class_folders(
 
     Folders that are not in ``classes`` become UnknownClassError problems; with ``check_prefix`` a file
     whose name does not start with its folder's class (EuroSAT names files ``<Class>_<n>``) becomes a
-    LabelError problem. Hidden folders and folders starting with ``_`` are ignored.
+    LabelError problem. Hidden folders and folders starting with ``_`` are ignored. A broken symbolic link
+    is kept, so that reading it fails with an error naming it (skipped and listed under ``on_error="skip"``).
     """
     found: dict[str, tuple[int, Path]] = {}
     problems: list[Exception] = []
@@ -85,7 +120,8 @@ def scan_class_folders(
             continue
         label = list(classes).index(folder.name)
         for path in sorted(folder.iterdir(), key=lambda p: _natural_key(p.stem)):
-            if not path.is_file() or path.suffix.lower() not in exts:
+            broken_link = path.is_symlink() and not path.exists()  # kept: reading it reports the link
+            if not (path.is_file() or broken_link) or path.suffix.lower() not in exts:
                 continue
             if check_prefix and path.stem.rsplit("_", 1)[0] != folder.name:
                 problems.append(LabelError(path, f"file name does not start with its folder's class "

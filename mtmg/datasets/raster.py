@@ -11,6 +11,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from .errors import BandCountError, CorruptFileError, DTypeError, MissingFileError, NonFiniteError, ShapeError
+from .layout import broken_link_note
 
 
 def read_raster(
@@ -28,7 +29,8 @@ def read_raster(
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(path, "file not found; check that the dataset was extracted completely")
+        raise MissingFileError(path, "file not found; check that the dataset was extracted completely"
+                               + broken_link_note(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -61,7 +63,8 @@ def read_image(path: Path) -> Image.Image:
     """Open an image file fully decoded as RGB."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(path, "file not found; check that the dataset was extracted completely")
+        raise MissingFileError(path, "file not found; check that the dataset was extracted completely"
+                               + broken_link_note(path))
     try:
         with Image.open(path) as img:
             return img.convert("RGB")

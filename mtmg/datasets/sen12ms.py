@@ -14,6 +14,16 @@ and a class is positive when it covers at least ``threshold`` (0.1) of the patch
 fractions from its pickled label file; here they are computed from the land-cover patch itself, over
 pixels with a valid IGBP code (1-17). All 10 classes are kept (Savanna included); classes without
 positives in a split are for the metric to handle.
+
+Two options decide how the patches are fed, because the models are trained elsewhere:
+
+- ``b10``: ``"real"`` keeps the cirrus band B10 as recorded; ``"zero"`` sets it to 0, as in training data
+  without B10 (BigEarthNet is L2A, where B10 does not exist and is zero-filled) and as the reference code
+  does. Stage 2 picks ``"zero"`` for a student trained without B10 unless the spec says otherwise
+  (:func:`mtmg.student.evaluation_spec`).
+- ``composite``: the white point of the RGB composite; ``"L1C"`` (default) scales B04, B03, B02 by
+  255 / 3558 as for every L1C product (the physically right choice: SEN12MS is L1C), ``"L2A"`` by
+  255 / 2000 as the reference code does.
 """
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sentinel2 import SEN12MS_S2_BANDS, to_ssl4eo
+from ..sentinel2 import RGB_WHITE_POINT, SEN12MS_S2_BANDS, band_index, to_ssl4eo
 from .base import Loaded, MultispectralDataset, OnError, Record, Transform
 from .errors import LabelError, MissingFileError
 from .layout import check_split, find_split_file, read_lines, require_root
@@ -36,6 +46,7 @@ IGBP_TO_SIMPLIFIED: dict[int, int] = {
     11: 4, 12: 5, 13: 6, 14: 5, 15: 7, 16: 8, 17: 9,
 }
 PATCH_SIZE = (256, 256)
+B10_CHOICES = ("real", "zero")
 HOWTO = ("Download the ROIs*_s2 and ROIs*_lc archives from https://dataserv.ub.tum.de/s/m1474000 and the split "
          "lists from https://github.com/schmitt-muc/SEN12MS/tree/master/splits (see torchgeo.datasets.SEN12MS).")
 
@@ -61,12 +72,20 @@ class SEN12MS(MultispectralDataset):
 
     def __init__(self, root: str | Path, split: str = "test", rgb_transform: Transform = None,
                  ms_transform: Transform = None, *, threshold: float = 0.1, split_file: str | Path | None = None,
-                 on_error: OnError = "raise", cache: bool = False) -> None:
+                 b10: str = "real", composite: str = "L1C", on_error: OnError = "raise", cache: bool = False) -> None:
         super().__init__(rgb_transform, ms_transform, on_error, cache)
         check_split(split)
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        if b10 not in B10_CHOICES:
+            raise ValueError(f"SEN12MS b10={b10!r}: use 'real' (the recorded band) or 'zero' (as in training data "
+                             "without B10)")
+        if composite not in RGB_WHITE_POINT:
+            raise ValueError(f"SEN12MS composite={composite!r}: use 'L1C' (255/3558) or 'L2A' (255/2000, the "
+                             "reference code's)")
         self.threshold = threshold
+        self.b10 = b10
+        self.level = composite
         what = "SEN12MS season folders (ROIs1158_spring/s2_<n>/..., lc_<n>/...) and <split>_list.txt"
         root = require_root(Path(root), what, HOWTO)
         split_path = find_split_file([Path(split_file) if split_file else None, root / f"{split}_list.txt"],
@@ -95,4 +114,7 @@ class SEN12MS(MultispectralDataset):
         lc = read_raster(record.files["lc"], bands=4, dtype="uint16", shape=PATCH_SIZE)
         fractions = simplified_igbp_fractions(lc[0], record.files["lc"])
         target = tuple(int(i) for i in np.flatnonzero(fractions >= self.threshold))
-        return Loaded(to_ssl4eo(s2, SEN12MS_S2_BANDS), target, {})
+        array13 = to_ssl4eo(s2, SEN12MS_S2_BANDS)
+        if self.b10 == "zero":
+            array13[band_index("B10")] = 0
+        return Loaded(array13, target, {})

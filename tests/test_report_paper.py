@@ -1,0 +1,70 @@
+"""Report helpers for the paper comparison: the two AP conventions on a run's embeddings, the probe
+summary and table, the abstract's gains without a backbone label."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtmg import probe, report
+
+
+def _embeddings(n=300, c=6, seed=0):
+    """CLIP-like embeddings: every image-text cosine positive (a shared direction), images nearer their
+    own class's text vector."""
+    g = torch.Generator().manual_seed(seed)
+    noise = lambda *shape: torch.randn(*shape, generator=g) / 32 ** 0.5  # noqa: E731
+    shared = torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+    text = torch.nn.functional.normalize(shared + noise(c, 32), dim=1)
+    labels = torch.randint(c, (n,), generator=g)
+
+    def images(strength):
+        return shared + strength * text[labels] + 0.5 * noise(n, 32)
+    return SimpleNamespace(class_text=text, targets=labels, multilabel=False, rgb_zeroshot=images(0.1),
+                           rgb_patched=images(0.3), ms_student=images(0.3))
+
+
+def test_ap_conventions_show_the_collapse_on_the_runs_logits():
+    table = report.ap_conventions(_embeddings())
+    assert list(table.index) == ["CLIP zero-shot on RGB", "CLIP patched on RGB", "student (aligned) on MS"]
+    prevalence = table["class prevalence (%)"]
+    assert np.allclose(prevalence, 100 / 6, atol=0.01)  # rounded to 2 decimals
+    assert (table["macro AP (%)"] > prevalence + 15).all()
+    assert (abs(table["authors' convention, bf16 (%)"] - prevalence) < 5).all()
+    text = report.summarize_ap_conventions(table)
+    assert f"{table['macro AP (%)'].iloc[1]:.1f} %" in text
+
+
+def test_abstract_gains_name_no_backbone():
+    assert all("ViT" not in r.model for r in report.PAPER_GAINS)
+    assert {r.dataset for r in report.PAPER_PROBE} == {"BigEarthNet-5"}
+
+
+def _probe_rows():
+    rows = []
+    for model, full, one in (("student", 0.8, 0.5), ("student_init", 0.6, 0.3), ("clip_patched", 0.7, 0.4),
+                             ("clip_zeroshot", 0.5, 0.2)):
+        rows.append({"dataset": "eurosat_ms", "model": model, "modality": probe.ENCODERS[model][0],
+                     "shots": probe.ALL, "seed": 0, "metric": "top1", "value": full})
+        for seed, delta in ((0, 0.0), (1, 0.1)):
+            rows.append({"dataset": "eurosat_ms", "model": model, "modality": probe.ENCODERS[model][0],
+                         "shots": 1, "seed": seed, "metric": "top1", "value": one + delta})
+    return pd.DataFrame(rows)
+
+
+def test_probe_table_and_summary():
+    results = _probe_rows()
+    table = probe.probe_table(results)
+    assert list(table.columns) == ["1 per class", "all"]
+    assert table.loc[("eurosat_ms", "student (aligned) on MS"), "1 per class"] == 55.0
+    assert table.loc[("eurosat_ms", "student before alignment on MS"), "all"] == 60.0
+    text = report.summarize_probe(results)
+    assert "**above**" in text and "80.0 % vs 60.0 %" in text and "55.0 % vs 35.0 %" in text
+
+
+def test_probe_cli_rejects_a_malformed_data_root(capsys):
+    from mtmg.cli import main
+
+    assert main(["probe", "--data-root", "no-equals-sign"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err

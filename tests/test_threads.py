@@ -1,0 +1,82 @@
+"""Per-sample work runs on one torch thread; batch-level work keeps the pool."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mtmg import device
+from mtmg.datasets import get_dataset
+from mtmg.paths import DATA_DIR
+from mtmg.synthetic import SyntheticScenes
+from mtmg.training import InMemoryDataset, SeededDataset
+
+EUROSAT = DATA_DIR / "eurosat_ms_sample"
+
+
+@pytest.fixture()
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+class ThreadsSeen:
+    """A transform that records the number of torch threads it runs under."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def __call__(self, x):
+        self.seen.append(torch.get_num_threads())
+        return x
+
+
+def test_single_thread_restores_the_pool_even_after_an_error(two_threads):
+    with device.single_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError), device.single_thread():
+        raise KeyError("x")
+    assert torch.get_num_threads() == 2
+
+
+def test_dataloader_batches_of_a_reader_are_built_on_one_thread(two_threads):
+    seen = ThreadsSeen()
+    data = get_dataset("eurosat_ms", EUROSAT, "test", ms_transform=seen)
+    batch = next(iter(DataLoader(data, batch_size=8)))
+    assert batch["ms"].shape == (8, 13, 64, 64)
+    assert seen.seen == [1] * 8 and torch.get_num_threads() == 2
+
+
+def test_synthetic_scenes_batches_are_built_on_one_thread(two_threads):
+    seen = ThreadsSeen()
+    next(iter(DataLoader(SyntheticScenes("val", rgb_transform=lambda im: seen(torch.zeros(1)), num_samples=4),
+                         batch_size=4)))
+    assert seen.seen == [1] * 4
+
+
+def test_training_data_path_is_per_sample_on_one_thread(two_threads):
+    seen = ThreadsSeen()
+    data = get_dataset("eurosat_ms", EUROSAT, "val", ms_transform=seen)
+    memory = InMemoryDataset(data, ("ms", "target"))
+    assert seen.seen == [1] * len(data)
+
+    augment_seen = ThreadsSeen()
+    wrapped = SeededDataset(memory, lambda item: augment_seen(item))
+    batch = next(iter(DataLoader(wrapped, batch_sampler=[[(0, 1), (1, 2), (2, 3)]])))
+    assert batch["index"].tolist() == [0, 1, 2]
+    assert augment_seen.seen == [1, 1, 1] and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("idle,expected", [(2.0, 2), (1.8, 2), (1.2, 1), (0.0, 1), (None, 2)])
+def test_default_threads_uses_only_idle_cores(monkeypatch, idle, expected):
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(device, "idle_cores", lambda interval=0.25: idle)
+    assert device.default_threads() == expected
+
+
+def test_idle_cores_is_a_share_of_the_machine():
+    idle = device.idle_cores(0.05)
+    assert idle is None or 0.0 <= idle <= (device.os.cpu_count() or 1) + 1e-9
