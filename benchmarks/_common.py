@@ -90,3 +90,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def read_all(dataset) -> int:
+    """Read every item of a map-style dataset (the sample dicts); returns the count."""
+    for i in range(len(dataset)):
+        dataset[i]
+    return len(dataset)
+
+
+def read_raw(dataset) -> int:
+    """Read every item's raw array only (``dataset.raw(i)``); returns the count."""
+    for i in range(len(dataset)):
+        dataset.raw(i)
+    return len(dataset)

@@ -31,7 +31,7 @@ from pathlib import Path
 import open_clip
 import rasterio
 import torch
-from _common import ROOT, footer, interleaved, machine_header, setup_threads, spread, table
+from _common import ROOT, footer, interleaved, machine_header, read_all, read_raw, setup_threads, spread, table
 from rasterio.errors import NotGeoreferencedWarning
 
 from mtmg.datasets import get_dataset, write_shards
@@ -41,18 +41,6 @@ from mtmg.datasets.shards import webdataset_pipeline
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 BIGEARTHNET = ROOT / "data" / "bigearthnet_sample" / "v1"
 BEN_S2 = BIGEARTHNET / "BigEarthNet-S2-Example"
-
-
-def read_all(dataset: torch.utils.data.Dataset) -> int:
-    for i in range(len(dataset)):
-        dataset[i]
-    return len(dataset)
-
-
-def read_raw(dataset) -> int:
-    for i in range(len(dataset)):
-        dataset.raw(i)
-    return len(dataset)
 
 
 def read_stream(pipeline) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, footer, interleaved, machine_header, spread, table
+from _common import ROOT, footer, interleaved, machine_header, read_all, read_raw, spread, table
 from PIL import Image
 
 from mtmg import paths
@@ -191,18 +191,6 @@ def check_same_tiles(tg, ours) -> None:
             raise RuntimeError(f"{path}: torchgeo and mtmg disagree on this tile")
 
 
-def read_items(dataset) -> int:
-    for i in range(len(dataset)):
-        dataset[i]
-    return len(dataset)
-
-
-def read_raw(dataset) -> int:
-    for i in range(len(dataset)):
-        dataset.raw(i)
-    return len(dataset)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each contender (default 3)")
@@ -256,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             check_same_tiles(tg[s], mt[s])
         print(f"\nB. torchgeo EuroSAT and mtmg eurosat_ms on the same root: every tile identical "
               f"({sum(len(d) for d in mt.values())} tiles)")
-        runs = {"torchgeo EuroSAT[i] (13 bands, float)": lambda: sum(read_items(tg[s]) for s in SPLITS),
+        runs = {"torchgeo EuroSAT[i] (13 bands, float)": lambda: sum(read_all(tg[s]) for s in SPLITS),
                 "mtmg .raw(i) (13 bands, uint16)": lambda: sum(read_raw(mt[s]) for s in SPLITS),
-                "mtmg [i] (MS view + RGB composite)": lambda: sum(read_items(mt[s]) for s in SPLITS)}
+                "mtmg [i] (MS view + RGB composite)": lambda: sum(read_all(mt[s]) for s in SPLITS)}
         for fn in runs.values():
             fn()
         rates = interleaved(runs, args.rounds)

@@ -552,7 +552,7 @@ def gains_comparison(gains: pd.DataFrame, profile: str, title: str = "Gain from 
     theirs.set_xticks(np.arange(len(ref)), [d.replace("-", "-\n", 1) for d in ref["dataset"]], fontsize="small")
     theirs.set_xlabel("dataset")
     theirs.set_ylabel("reported gain (mAP or accuracy points)")
-    theirs.set_title("Zavras et al., abstract (ViT-B-32, full data)")
+    theirs.set_title("Zavras et al., abstract (full data)")
     fig.suptitle(title + " — not the same setup: compare directions, not sizes")
     return fig
 
