@@ -29,11 +29,17 @@ unit: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py --ignore=tests/test_book_browser.py
 
-# Each notebook is executed into book/executed/; a failed run leaves the previous good copy in place.
-book/executed/%.ipynb: notebooks/%.ipynb $(STAMP) $(SOURCES)
-	$(PY) -m mtmg.notebook $< $@ --profile $(PROFILE)
+# The notebooks are executed into book/executed/, one after the other in one kernel (the libraries are
+# imported once; each notebook starts from an empty namespace). A failed notebook keeps its previous good
+# copy and stops the run. The stamp names the profile the copies were made with.
+DONE := book/executed/.done-$(PROFILE)
 
-notebooks: $(EXECUTED)
+$(DONE): $(NOTEBOOKS) $(STAMP) $(SOURCES)
+	@rm -f book/executed/.done-*
+	$(PY) -m mtmg.notebook --into book/executed $(NOTEBOOKS) --profile $(PROFILE)
+	@touch $@
+
+notebooks: $(DONE)
 
 nbval: notebooks
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider $(EXECUTED) tests/test_executed_notebooks.py

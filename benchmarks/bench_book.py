@@ -1,25 +1,29 @@
-"""The whole book: seconds per chapter from clean caches and from warm caches, written to RESULTS.md.
+"""The whole book: seconds per notebook from clean caches and from warm caches, written to RESULTS.md.
 
-    .venv/bin/python benchmarks/bench_book.py [--threads N] [--no-write]
+    .venv/bin/python benchmarks/bench_book.py [--threads N] [--no-write] [--keep DIR]
 
-Runs every notebook of ``notebooks/`` in order with ``python -m mtmg.notebook`` (papermill, profile
-``default``), exactly as ``make book`` does, in two passes:
+Executes the notebooks of ``notebooks/`` (profile ``default``) exactly as ``make notebooks`` does, with
+``python -m mtmg.notebook --into DIR ...`` (papermill; one kernel for the notebooks of one command, each
+from an empty namespace). Passes, all in one temporary run and cache folder (``MTMG_RUNS``,
+``MTMG_CACHE``), so nothing computed earlier on this machine is reused:
 
-1. clean: fresh, empty ``MTMG_RUNS`` and ``MTMG_CACHE`` folders (a temporary directory), so nothing
-   computed earlier on this machine is reused: what a first reader of a fresh clone waits for (the
-   shipped data, including MiniCLIP's weights, are part of the clone);
-2. warm: the same folders again, now filled by pass 1: what a second run costs.
+1. clean: the five chapters (01-05) in one command from empty folders, what a first reader of a fresh
+   clone waits for (the shipped data, MiniCLIP's weights included, are part of the clone); then the
+   exercise-solutions page (06), which runs every exercise's change, in a second command;
+2. warm: the same two commands again, now reusing every run;
+3. alone: each notebook in a command of its own (its own kernel, which imports the libraries again),
+   warm: what opening one chapter costs once its runs exist.
 
-Each chapter's time is the wall time of its command (kernel start-up included). The load average is
-read before and after every chapter. The table, with the date, machine and load, replaces the section
-between the ``bench_book`` markers of ``benchmarks/RESULTS.md`` (``--no-write`` only prints it). The
-executed copies go to the temporary directory, never to ``book/executed``. Measure on an otherwise
-idle machine: with a 1-minute load above the core count the figures say more about the other work.
+Each command's wall time includes starting Python and the kernel; each notebook's time is papermill's
+duration for it. The load average is read before and after every command. The table, with the date,
+machine and load, replaces the section between the ``bench_book`` markers of ``benchmarks/RESULTS.md``
+(``--no-write`` only prints it). Measure on an otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -32,13 +36,16 @@ import torch
 from _common import ROOT, cpu_model, load_average
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHAPTERS = [nb for nb in NOTEBOOKS if nb.name.startswith(("01", "02", "03", "04", "05"))]
+OTHERS = [nb for nb in NOTEBOOKS if nb not in CHAPTERS]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 START, END = "<!-- bench_book:start -->", "<!-- bench_book:end -->"
 
 
-def run_chapter(notebook: Path, out_dir: Path, env: dict[str, str], threads: str | None) -> tuple[float, str, str]:
-    """Execute one notebook; returns (seconds, load before, load after). Raises with its output on failure."""
-    cmd = [sys.executable, "-m", "mtmg.notebook", str(notebook), str(out_dir / notebook.name), "--profile", "default"]
+def run(notebooks: list[Path], out_dir: Path, env: dict[str, str], threads: str | None) -> dict:
+    """Execute ``notebooks`` in one command; returns its wall time, the load before and after, and each
+    notebook's papermill duration. Raises with the command's output on failure."""
+    cmd = [sys.executable, "-m", "mtmg.notebook", "--into", str(out_dir), *map(str, notebooks), "--profile", "default"]
     if threads is not None:
         cmd += ["-p", "threads", threads]
     before = load_average()
@@ -46,9 +53,11 @@ def run_chapter(notebook: Path, out_dir: Path, env: dict[str, str], threads: str
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     if proc.returncode:
-        raise RuntimeError(f"{notebook.name} failed (exit {proc.returncode}):\n"
+        raise RuntimeError(f"{[nb.name for nb in notebooks]} failed (exit {proc.returncode}):\n"
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return seconds, before, load_average()
+    durations = {nb.stem: json.loads((out_dir / nb.name).read_text())["metadata"]["papermill"]["duration"]
+                 for nb in notebooks}
+    return {"seconds": seconds, "before": before, "after": load_average(), "notebooks": durations}
 
 
 def fmt(seconds: float) -> str:
@@ -58,45 +67,50 @@ def fmt(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", default=None,
-                        help="papermill parameter 'threads' for every chapter (default: the notebooks' own default)")
-    parser.add_argument("--chapters", nargs="+", default=None, metavar="PREFIX",
-                        help="only the notebooks whose names start with these prefixes, e.g. 01 02 (default: all)")
+                        help="papermill parameter 'threads' for every notebook (default: the notebooks' own default)")
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave RESULTS.md as it is")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to write the table into")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep the executed copies (with papermill's per-cell durations) under DIR")
+    parser.add_argument("--chapters-only", action="store_true",
+                        help="leave out the exercise-solutions page (it runs every exercise's change)")
     args = parser.parse_args(argv)
-    notebooks = [nb for nb in NOTEBOOKS if args.chapters is None or nb.name.startswith(tuple(args.chapters))]
-    if not notebooks:
-        parser.error(f"no notebooks in {ROOT / 'notebooks'} match {args.chapters}")
+    groups = [("the five chapters", CHAPTERS)] + ([] if args.chapters_only else [("exercise solutions", OTHERS)])
     started = datetime.datetime.now().astimezone()
-    rows = []
-    totals = {}
+    rows = []  # (pass, command, wall, load before, load after, {notebook: seconds})
     with tempfile.TemporaryDirectory(prefix="mtmg-bench-book-") as tmp:
         tmp = Path(tmp)
+        out = args.keep or tmp
         env = {**os.environ, "MTMG_RUNS": str(tmp / "runs"), "MTMG_CACHE": str(tmp / "cache"),
                "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
         for name in ("clean", "warm"):
-            total = 0.0
-            for nb in notebooks:
-                seconds, before, after = run_chapter(nb, tmp / name, env, args.threads)
-                total += seconds
-                rows.append((name, nb.stem, seconds, before, after))
-                print(f"{name:5} {nb.stem:32} {fmt(seconds):>13}   load {before} -> {after}", flush=True)
-            totals[name] = total
-            print(f"{name:5} {'all chapters':32} {fmt(total):>13}", flush=True)
+            for label, notebooks in groups:
+                r = run(notebooks, out / name, env, args.threads)
+                rows.append((name, label, r))
+                print(f"{name:5} {label:24} {fmt(r['seconds']):>13}   load {r['before']} -> {r['after']}   "
+                      + ", ".join(f"{k[:2]} {v:.1f} s" for k, v in r["notebooks"].items()), flush=True)
+        for nb in [n for _, group in groups for n in group]:
+            r = run([nb], out / "alone", env, args.threads)
+            rows.append(("alone", nb.stem, r))
+            print(f"alone {nb.stem:24} {fmt(r['seconds']):>13}   load {r['before']} -> {r['after']}", flush=True)
 
-    threads = args.threads if args.threads is not None else "notebook default"
+    threads = args.threads if args.threads is not None else "the notebooks' default (\"auto\")"
     lines = [
         START,
         f"Measured {started.strftime('%Y-%m-%d %H:%M %Z')} by `benchmarks/bench_book.py` on {cpu_model()} "
         f"({os.cpu_count()} logical cores), Python {platform.python_version()}, torch {torch.__version__}; "
-        f"torch threads: {threads}. Load average (1/5/15 min) before and after each chapter.",
+        f"torch threads: {threads}. One row per command (`python -m mtmg.notebook --into ...`, as "
+        "`make notebooks` runs them); its wall time includes starting Python and the kernel. Load average "
+        "(1/5/15 min) before and after each command.",
         "",
-        "| pass | chapter | time | load before | load after |",
-        "| --- | --- | ---: | --- | --- |",
-        *[f"| {p} | {c} | {fmt(s)} | {b} | {a} |" for p, c, s, b, a in rows],
-        *[f"| **{p}** | **all {len(notebooks)} chapters** | **{fmt(t)}** | | |" for p, t in totals.items()],
+        "| pass | command | wall time | per notebook (papermill) | load before | load after |",
+        "| --- | --- | ---: | --- | --- | --- |",
+        *[f"| {p} | {label} | **{fmt(r['seconds'])}** | "
+          + ", ".join(f"{k[:2]}: {v:.1f} s" for k, v in r["notebooks"].items())
+          + f" | {r['before']} | {r['after']} |" for p, label, r in rows],
         "",
-        "*clean*: empty run and cache folders (fresh clone after install); *warm*: the same folders again.",
+        "*clean*: empty run and cache folders (a fresh clone after install); *warm*: the same folders again; "
+        "*alone*: one notebook per command and kernel, warm.",
         END,
     ]
     table = "\n".join(lines)

@@ -58,27 +58,49 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def idle_cores(interval: float = 0.25) -> float | None:
-    """How many cores all processes together left idle during ``interval`` seconds (Linux ``/proc/stat``);
-    None where that cannot be read."""
-    def snapshot() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return values[3] + values[4], sum(values)  # idle + iowait, all (guest time is already in user)
+def _machine_ticks() -> tuple[int, int]:
+    """Idle (idle + iowait) and total CPU ticks of the whole machine so far (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return values[3] + values[4], sum(values)  # guest time is already in user
 
+
+def _own_ticks() -> int:
+    """CPU ticks used so far by this process and by its parent, the program that drives it (papermill,
+    a Jupyter server or a shell): their work does not compete with this process's computations."""
+    ticks = 0
+    for pid in {os.getpid(), os.getppid()}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        except (OSError, ValueError, IndexError):
+            pass
+    return ticks
+
+
+def idle_share(before: tuple[int, int, int], after: tuple[int, int, int], cores: int) -> float | None:
+    """Cores left idle by other programs between two ``(idle, total, own)`` tick readings: the machine's
+    idle ticks plus those this process and its parent used, as a share of ``cores``."""
+    idle, total, own = (b - a for a, b in zip(before, after))
+    if total <= 0:
+        return None
+    return min(float(cores), cores * (idle + max(own, 0)) / total)
+
+
+def idle_cores(interval: float = 0.5) -> float | None:
+    """How many cores other programs left idle during ``interval`` seconds (Linux ``/proc``); None where
+    that cannot be read."""
     try:
-        idle0, total0 = snapshot()
+        before = (*_machine_ticks(), _own_ticks())
         time.sleep(interval)
-        idle1, total1 = snapshot()
+        after = (*_machine_ticks(), _own_ticks())
     except (OSError, ValueError, IndexError):
         return None
-    if total1 <= total0:
-        return None
-    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+    return idle_share(before, after, os.cpu_count() or 1)
 
 
 def default_threads() -> int:
-    """Torch CPU threads for this process now: every usable core when the cores are idle, else the
-    number of idle cores (at least one).
+    """Torch CPU threads for this process now: every usable core when other programs leave the cores
+    idle, else the number of idle cores (at least one).
 
     Torch's thread pool splits each operation and waits for every thread to finish its share; a thread
     whose core is busy with another process runs only when the scheduler lets it, so on a shared

@@ -503,7 +503,9 @@ def cosine_histogram(values: np.ndarray, title: str = "The same images under zer
     values = np.asarray(values, dtype=float)
     fig = new_figure(6, 3.6)
     ax = fig.subplots()
-    ax.hist(values, bins=min(30, max(5, len(values) // 3)), color="C0", edgecolor="white")
+    # equal up to rounding (e.g. the selected alpha is 0): a visible range instead of too narrow bins
+    span = None if np.ptp(values) > 1e-9 else (values.min() - 1e-3, values.max() + 1e-3)
+    ax.hist(values, bins=min(30, max(5, len(values) // 3)), range=span, color="C0", edgecolor="white")
     ax.axvline(np.median(values), color="C3", linestyle="--", label=f"median {np.median(values):.3f}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("number of images")

@@ -12,6 +12,7 @@ before any measure, as in the reference code (Weixin-Liang/Modality-Gap). Defini
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -232,6 +233,22 @@ def shift_experiment(
     return pd.DataFrame(rows, columns=["lambda", "gap", "gap_signed", "metric", "direction", "k", "value"])
 
 
+EXACT_KNN_MAX = 4096
+"""Below this many points UMAP searches neighbours exactly; :func:`reduce_2d` then hands it the search."""
+
+
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and Euclidean distances of the ``k`` nearest rows of every row of ``x`` (itself first),
+    computed in float64 with NumPy. UMAP computes the same for small data with numba-compiled code whose
+    compilation takes most of a first UMAP call in a fresh process."""
+    x = np.asarray(x, dtype=np.float64)
+    squared = (x * x).sum(1)
+    dist = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0.0))
+    np.fill_diagonal(dist, 0.0)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(dist, order, axis=1)
+
+
 def reduce_2d(
     embeddings: Mapping[str, Embeddings],
     labels: Mapping[str, Sequence[Any]] | None = None,
@@ -267,15 +284,20 @@ def reduce_2d(
     elif method == "umap":
         import umap
 
+        k = min(n_neighbors, stacked.shape[0] - 1)
         reducer = umap.UMAP(
             n_components=2,
-            n_neighbors=min(n_neighbors, stacked.shape[0] - 1),
+            n_neighbors=k,
             min_dist=min_dist,
             n_epochs=n_epochs,
             random_state=seed,
             n_jobs=1,
+            precomputed_knn=(*exact_knn(stacked, k), None) if stacked.shape[0] < EXACT_KNN_MAX else (None, None, None),
         )
-        coords = reducer.fit_transform(stacked)
+        with warnings.catch_warnings():
+            # without a search index UMAP cannot place new points later; the layout never needs to
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            coords = reducer.fit_transform(stacked)
     else:
         raise ValueError(f"reduce_2d: method must be 'umap' or 'pca', got {method!r}")
     modality, label = [], []

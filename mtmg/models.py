@@ -3,7 +3,8 @@
 ``load_clip`` wraps ``open_clip.create_model_and_transforms`` and resolves the weights itself first, so
 that missing weights fail at once with a message saying how to supply a local file. Model configs shipped
 in ``mtmg/model_configs/`` are registered with open_clip when this module is imported; any other JSON
-config can be registered with ``register_model_config``.
+config can be registered with ``register_model_config``, or named by its path wherever a model name is
+expected (``ViT-B-32-small.json``; see :func:`config_file_model`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,24 @@ def register_model_config(path: str | Path) -> list[str]:
     return names
 
 
+def config_file_model(model_name: str) -> tuple[str, str] | None:
+    """For a ``model_name`` ending in ``.json`` (the path of an open_clip model config, relative paths from
+    the project root): register the file and return its config name (the file's stem) and its identity
+    ``<file name>@sha256:<16 hex>`` (two files with the same stem never share it); None for other names."""
+    if not model_name.endswith(".json"):
+        return None
+    from mtmg.paths import resolve
+
+    path = resolve(model_name)
+    if not path.is_file():
+        raise ArgumentError(f"Model config {path} not found: a model name ending in .json must be the path of an "
+                            "open_clip model-config file (relative paths start at the project root).")
+    (name,) = register_model_config(path)
+    if open_clip.get_model_config(name) != json.loads(path.read_text()):  # another file of that name came later
+        open_clip.add_model_config(path)
+    return name, _file_id(path)
+
+
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` is set to a true value (read at call time)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
@@ -162,7 +181,7 @@ def load_clip(
     if directory is not None:
         return _load_from_dir(model_name, Path(directory), device)
 
-    config_name = model_name.replace("/", "-")
+    config_name, model_id = config_file_model(model_name) or (model_name.replace("/", "-"), model_name)
     model_cfg = open_clip.get_model_config(config_name)
     if model_cfg is None:
         raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name. Register a JSON config "
@@ -214,7 +233,7 @@ def load_clip(
                                "again.") from e
     model.eval()
     return ClipBundle(model, preprocess_train, preprocess_val, open_clip.get_tokenizer(config_name),
-                      model_name, weights)
+                      model_id, weights)
 
 
 def _load_from_dir(model_name: str, directory: Path, device: torch.device) -> ClipBundle:

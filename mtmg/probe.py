@@ -31,9 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.multiclass import OneVsRestClassifier
 
 from mtmg import metrics
 from mtmg.config import DataSpec
@@ -96,6 +93,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _classifier(C: float, multilabel: bool, seed: int, max_iter: int):
+    from sklearn.linear_model import LogisticRegression  # imported here: scikit-learn takes seconds to import
+    from sklearn.multiclass import OneVsRestClassifier
+
     lr = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     return OneVsRestClassifier(lr) if multilabel else lr
 
@@ -130,6 +130,8 @@ def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs:
     scale = _Standardiser(train.features)
     xtr, xva, xte = scale(train.features), scale(val.features), scale(test.features)
     ytr = train.targets.astype(np.int64) if not multilabel else (train.targets > 0.5).astype(np.int64)
+    from sklearn.exceptions import ConvergenceWarning
+
     best = None
     for C in sorted(Cs):
         with warnings.catch_warnings():
@@ -209,13 +211,15 @@ FILES = ("results.csv",)
 
 
 def load_probe_config(prof: Any) -> ProbeConfig:
-    """``configs/<profile>/probe.yaml`` of the profile (keys of :class:`ProbeConfig`; ``datasets`` default to
-    the alignment evaluation sets), with the profile's data roots applied to datasets of the same name."""
+    """The profile's probe config (``prof.probe`` as :func:`mtmg.profiles.load_profile` read it, else
+    ``configs/<profile>/probe.yaml``; keys of :class:`ProbeConfig`; ``datasets`` default to the alignment
+    evaluation sets), with the profile's data roots applied to datasets of the same name."""
     from mtmg.config import load_config
     from mtmg.profiles import CONFIG_ROOT
 
     path = CONFIG_ROOT / prof.name / PROBE_CONFIG_FILE
-    cfg = load_config(path, ProbeConfig) if path.is_file() else ProbeConfig()
+    cfg = (prof.probe if getattr(prof, "probe", None) is not None
+           else load_config(path, ProbeConfig) if path.is_file() else ProbeConfig())
     roots = {s.name: s for s in (*prof.align.eval_sets, prof.align.data)}
     datasets = tuple(dataclasses.replace(s, root=roots[s.name].root) if s.name in roots else s
                      for s in cfg.datasets) or tuple(prof.align.eval_sets)

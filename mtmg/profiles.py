@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import yaml
@@ -20,6 +20,9 @@ from mtmg import paths
 from mtmg.config import AlignConfig, DataSpec, PatchConfig, ZeroShotConfig, from_dict, load_config, to_dict
 from mtmg.device import default_threads
 from mtmg.errors import ArgumentError, ConfigError
+
+if TYPE_CHECKING:
+    from mtmg.probe import ProbeConfig
 
 C = TypeVar("C")
 
@@ -33,6 +36,8 @@ class Profile:
 
     ``embed_max`` caps the number of test items embedded for the gap analysis (a fixed random
     subset of larger test sets); ``seed`` fixes that subset, the example picks and the layouts.
+    ``probe`` is the linear-probe stage as :func:`load_profile` read it (None: read
+    ``configs/<name>/probe.yaml`` when the probe runs, see :func:`mtmg.probe.load_probe_config`).
     """
 
     name: str
@@ -43,6 +48,7 @@ class Profile:
     embed_split: str = "test"
     embed_max: int = 2000
     seed: int = 0
+    probe: ProbeConfig | None = None
 
     def __post_init__(self) -> None:
         _expect(isinstance(self.device, str), "device", self.device, "a device name such as auto, cpu or cuda")
@@ -182,12 +188,14 @@ def load_profile(profile: str = "default", *, device: str = "auto", data_roots: 
     """Read ``configs/<profile>/`` (or a folder path) into a :class:`Profile`.
 
     ``data_roots`` maps dataset names to folders (every config naming that dataset uses it);
-    ``clip_model`` / ``clip_weights`` replace the CLIP model and its weights; ``eval_batch_size``,
-    ``train_batch_size`` and ``seed`` apply to every stage that has them. ``overrides`` takes dotted keys
-    prefixed by ``patch.``, ``align.`` or ``zeroshot.`` (e.g. ``{"align.train.epochs": 5}``) or naming a
-    :class:`Profile` field (``embed_max``). ``configs/<profile>/zeroshot.yaml``, if present, changes keys of
-    the derived zero-shot stage (e.g. ``extra_tasks``). Every value is type- and range-checked here, so a
-    wrong parameter fails before any stage writes a file.
+    ``clip_model`` / ``clip_weights`` replace the CLIP model and its weights (``clip_model`` is an open_clip
+    model name or the path of an open_clip model-config JSON file, relative paths from the project root;
+    the file's content is then part of the runs' keys); ``eval_batch_size``, ``train_batch_size`` and
+    ``seed`` apply to every stage that has them. ``overrides`` takes dotted keys prefixed by ``patch.``,
+    ``align.``, ``zeroshot.`` or ``probe.`` (e.g. ``{"align.train.epochs": 5}``, ``{"probe.seeds": [0]}``)
+    or naming a :class:`Profile` field (``embed_max``). ``configs/<profile>/zeroshot.yaml``, if present,
+    changes keys of the derived zero-shot stage (e.g. ``extra_tasks``); ``probe.yaml`` holds the probe's.
+    Every value is type- and range-checked here, so a wrong parameter fails before any stage writes a file.
     """
     _expect(isinstance(profile, str), "profile", profile, "a profile name or folder")
     _expect(data_roots is None or (isinstance(data_roots, Mapping) and all(
@@ -199,6 +207,11 @@ def load_profile(profile: str = "default", *, device: str = "auto", data_roots: 
         _expect(value is None or (_is_int(value) and value >= 1), key, value, "an integer >= 1 or None")
     _expect(seed is None or (_is_int(seed) and seed >= 0), "seed", seed, "an integer >= 0 or None")
     _expect(overrides is None or isinstance(overrides, Mapping), "overrides", overrides, "a mapping of dotted keys")
+    if clip_model is not None:
+        from mtmg.models import config_file_model
+
+        config_file_model(clip_model)  # a config file that is missing or invalid fails here
+    from mtmg.probe import PROBE_CONFIG_FILE, ProbeConfig
 
     folder = profile_folder(profile)
     patch = load_config(folder / "patch.yaml", PatchConfig)
@@ -213,27 +226,30 @@ def load_profile(profile: str = "default", *, device: str = "auto", data_roots: 
         if not isinstance(changes, dict):
             raise ConfigError(f"{zs_file}: expected a mapping of zero-shot config keys")
         zeroshot = from_dict(ZeroShotConfig, {**to_dict(zeroshot), **changes}, where=str(zs_file))
+    probe_file = folder / PROBE_CONFIG_FILE
+    probe = load_config(probe_file, ProbeConfig) if probe_file.is_file() else ProbeConfig()
 
     roots = {k: str(v) for k, v in (data_roots or {}).items()}
     clip = {k: v for k, v in (("name", clip_model), ("pretrained", clip_weights)) if v is not None}
-    groups: dict[str, dict[str, Any]] = {"patch": {}, "align": {}, "zeroshot": {}, "profile": {}}
+    groups: dict[str, dict[str, Any]] = {"patch": {}, "align": {}, "zeroshot": {}, "probe": {}, "profile": {}}
     for name, cfg in (("patch", patch), ("align", align), ("zeroshot", zeroshot)):
         groups[name] = _parameter_changes(cfg, roots, clip if name != "align" else {}, eval_batch_size,
                                           seed, train_batch_size)
-    profile_fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "patch", "align", "zeroshot"}
+    profile_fields = {f.name for f in dataclasses.fields(Profile)} - {"name", "patch", "align", "zeroshot", "probe"}
     for key, value in (overrides or {}).items():
         head, _, rest = key.partition(".")
-        if head in ("patch", "align", "zeroshot") and rest:
+        if head in ("patch", "align", "zeroshot", "probe") and rest:
             groups[head][rest] = value
         elif key in profile_fields:
             groups["profile"][key] = value
         else:
-            raise KeyError(f"override {key!r}: prefix it with patch., align. or zeroshot., or name a profile "
+            raise KeyError(f"override {key!r}: prefix it with patch., align., zeroshot. or probe., or name a profile "
                            f"field {sorted(profile_fields)}")
     patch = override(patch, groups["patch"], "patch")
     align = override(align, groups["align"], "align")
     zeroshot = override(zeroshot, groups["zeroshot"], "zeroshot")
-    return Profile(name=patch.profile, patch=patch, align=align, zeroshot=zeroshot, device=device,
+    probe = override(probe, groups["probe"], "probe")
+    return Profile(name=patch.profile, patch=patch, align=align, zeroshot=zeroshot, device=device, probe=probe,
                    **groups["profile"])
 
 

@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from mtmg import checkpoint
 from mtmg.config import DataSpec, StudentConfig
 
 SSL4EO_MOCO = "ssl4eo_s2_moco"
@@ -86,7 +87,8 @@ def read_weights(spec: str) -> dict[str, torch.Tensor]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: student weights not found; give a state-dict file or '{SSL4EO_MOCO}'")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.load(path, fix="download the weights file again, or give another state-dict file "
+                                     f"or '{SSL4EO_MOCO}' as student.weights")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -16,6 +16,8 @@ weights cache).
 """
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mtmg import paths
+from mtmg.checkpoint import atomic_write_bytes
 from mtmg.device import single_thread
 
 GENERATOR_VERSION = "4"
@@ -471,6 +475,32 @@ _SUPPORTED_STREAM = 1
 SUPPORTED_SPLITS = {"train": (0, 2000), "val": (1, 500), "test": (2, 1000)}  # split -> (seed, size)
 
 
+def supported_images(seed: int, num_samples: int) -> np.ndarray:
+    """Every scene of a supported-task split as one uint8 (N, 64, 64, 3) array.
+
+    Rendering costs milliseconds per scene and every stage reads the same splits, so the array is
+    rendered once and kept in the cache folder (``cache/synthetic/``, or under ``$MTMG_CACHE``), named by
+    the generator version, the split's seed and its size; a missing or unreadable file is rendered again."""
+    path = paths.cache_dir() / "synthetic" / f"supported-v{GENERATOR_VERSION}-seed{seed}-n{num_samples}.npy"
+    shape = (num_samples, 64, 64, 3)
+    if path.is_file():
+        try:
+            images = np.load(path, allow_pickle=False)
+            if images.shape == shape and images.dtype == np.uint8:
+                return images
+            warnings.warn(f"{path}: expected uint8 scenes of shape {shape}, found {images.dtype} {images.shape}; "
+                          "rendering them again", stacklevel=2)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{path}: unreadable ({exc}); rendering the scenes again", stacklevel=2)
+    with single_thread():
+        images = np.stack([scene(_SUPPORTED_STREAM, seed, i, i % len(CONCEPTS)).image for i in range(num_samples)])
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return images
+
+
 def _to_output(image: np.ndarray, transform: Callable[[Image.Image], Any] | None) -> Any:
     if transform is None:
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -518,6 +548,7 @@ class SyntheticScenes(Dataset):
         self.seed, default_size = SUPPORTED_SPLITS[split]
         self.num_samples = default_size if num_samples is None else num_samples
         self.rgb_transform = rgb_transform
+        self._images: np.ndarray | None = None  # the split's rendered scenes, read on first use
 
     def __len__(self) -> int:
         return self.num_samples
@@ -525,9 +556,9 @@ class SyntheticScenes(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} synthetic scenes")
-        concept = index % len(CONCEPTS)
-        sc = scene(_SUPPORTED_STREAM, self.seed, index, concept)
-        return {"rgb": _to_output(sc.image, self.rgb_transform), "target": concept,
+        if self._images is None:
+            self._images = supported_images(self.seed, self.num_samples)
+        return {"rgb": _to_output(self._images[index], self.rgb_transform), "target": index % len(CONCEPTS),
                 "id": f"synthetic-{self.split}-{index:05d}"}
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:

@@ -54,7 +54,9 @@ def clip_identity(spec: ClipSpec, cache_dir: Path | None = None) -> dict[str, An
     """What identifies the weights of ``spec`` beyond its name: for MiniCLIP its cache key (it changes with
     the pretraining config and the scene generator) and the content hash of the weights file that
     :func:`clip_source` would load now (shipped, else cached in ``cache_dir``; none before pretraining),
-    else a checkpoint file's size and time, or the tag itself."""
+    else a checkpoint file's size and time, or the tag itself; a model named by the path of its config file
+    adds the file's content hash (:func:`mtmg.models.config_file_model`)."""
+    from mtmg.models import config_file_model
     from mtmg.runstore import file_digest, weights_identity
 
     if spec.pretrained == MINICLIP:
@@ -64,7 +66,9 @@ def clip_identity(spec: ClipSpec, cache_dir: Path | None = None) -> dict[str, An
         found = shipped_weights(config) or miniclip_path(cache_dir or paths.cache_dir(), config)
         return {"name": spec.name, "miniclip": config.cache_key(),
                 "sha256": file_digest(found) if found.is_file() else None}
-    return {"name": spec.name, **weights_identity(spec.pretrained)}
+    config_file = config_file_model(spec.name)
+    return {"name": spec.name, **({"config": config_file[1]} if config_file else {}),
+            **weights_identity(spec.pretrained)}
 
 
 def cache_folder(configured: str | None) -> Path:

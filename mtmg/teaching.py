@@ -175,28 +175,74 @@ def chapter_exercises(chapter: int) -> list[Exercise]:
     return [ex for ex in EXERCISES if ex.chapter == chapter]
 
 
+#: MIME prefix under which myst-nb finds a glued value that the notebook does not display.
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glue_markdown(glued: Mapping[str, str]) -> None:
+    """Store each Markdown text under its key for the book's ``{glue:md}`` roles and directives.
+
+    The outputs are those of ``myst_nb.glue(key, IPython.display.Markdown(text), display=False)``;
+    written here directly because importing myst-nb's glue module (its notebook reader) costs seconds
+    in every chapter."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import Markdown, display
+
+    for key, text in glued.items():
+        bundle, metadata = format_display_data(Markdown(text))
+        metadata["scrapbook"] = {"name": key, "mime_prefix": GLUE_PREFIX}
+        display({GLUE_PREFIX + mime: value for mime, value in bundle.items()}, raw=True, metadata=metadata)
+
+
 #: Profile whose runs the exercise solutions are measured on.
 SOLUTIONS_PROFILE = "default"
 
+#: The notebook (book page) that runs every exercise's change and shows the measured solutions.
+SOLUTIONS_DOC = "06_exercise_solutions"
+
 
 def chapter_glue(prof: Profile, chapter: int, threads: int | None = None) -> dict[str, str]:
-    """Markdown for a chapter's glue keys: ``time-box``, and ``<label>-task`` and ``<label>-solution``
-    for each of its exercises. Solutions are measured on the default profile (running what is missing);
-    under another profile they say how to get them."""
+    """Markdown for a chapter's glue keys: ``time-box`` and ``<label>-task`` for each of its exercises.
+    Nothing is run here: the solutions are measured by :func:`solutions_glue` on their own page."""
+    out = {f"{ex.label}-task": exercise_text(ex) for ex in chapter_exercises(chapter)}
+    out["time-box"] = time_box(prof, chapter, threads)
+    return out
+
+
+def solutions_glue(prof: Profile, threads: int | None = None) -> dict[str, str]:
+    """Markdown for the solutions page: ``<label>-solution`` for every exercise and ``solutions-time``.
+
+    Under the :data:`SOLUTIONS_PROFILE` profile every exercise's change is run (or its finished run reused)
+    and measured beside the book's run; under another profile each solution says how to get it."""
     out: dict[str, str] = {}
-    seconds = 0.0
-    book = profiles.load_profile(prof.name, device=prof.device) if prof.name == SOLUTIONS_PROFILE else None
-    for ex in chapter_exercises(chapter):
-        out[f"{ex.label}-task"] = exercise_text(ex)
-        if book is not None:
-            result = run_exercise(book, ex)
-            seconds += result.seconds
-            out[f"{ex.label}-solution"] = solution(result)
-        else:
+    if prof.name != SOLUTIONS_PROFILE:
+        for ex in EXERCISES:
             out[f"{ex.label}-solution"] = (f"The measured solutions belong to the `{SOLUTIONS_PROFILE}` profile; "
                                            f"run this notebook with `profile = \"{SOLUTIONS_PROFILE}\"` to see them.")
-    out["time-box"] = time_box(prof, chapter, seconds, threads)
+        out["solutions-time"] = f"No exercise was run: this page was executed with the `{prof.name}` profile."
+        return out
+    book = profiles.load_profile(prof.name, device=prof.device)
+    seconds = {}
+    for ex in EXERCISES:
+        result = run_exercise(book, ex)
+        seconds[ex.chapter] = seconds.get(ex.chapter, 0.0) + result.seconds
+        out[f"{ex.label}-solution"] = solution(result)
+    out["solutions-time"] = solutions_time(seconds, threads)
     return out
+
+
+def solutions_time(seconds: Mapping[int, float], threads: int | None = None) -> str:
+    """One sentence: how long the exercises' own runs took, in all and per chapter."""
+    cores = os.cpu_count() or 1
+    where = f"{cores} CPU core{'s' if cores != 1 else ''}"
+    if threads:
+        where += f", {threads} torch thread{'s' if threads != 1 else ''}"
+    total = sum(seconds.values())
+    if total < 1:
+        return f"Every change reused finished runs when this page was built ({where})."
+    parts = ", ".join(f"chapter {ch} {duration(s)}" for ch, s in sorted(seconds.items()) if s >= 1)
+    return (f"The changes ran in {duration(total)} in all when this page was built ({where}): {parts}. "
+            "A second build reuses them.")
 
 
 def exercise_text(exercise: Exercise) -> str:
@@ -221,7 +267,7 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
-def time_box(prof: Profile, chapter: int, exercise_seconds: float = 0.0, threads: int | None = None) -> str:
+def time_box(prof: Profile, chapter: int, threads: int | None = None) -> str:
     """The time line of a chapter's opening box, from the run times the pipeline recorded."""
     seconds = chapter_seconds(prof, chapter)
     cores = os.cpu_count() or 1
@@ -235,10 +281,7 @@ def time_box(prof: Profile, chapter: int, exercise_seconds: float = 0.0, threads
         main = f"the stage {stages} was reused from an earlier run, so no time was recorded"
     else:
         main = f"{duration(seconds)} for the stage{'s' if len(CHAPTER_STAGES[chapter]) > 1 else ''} {stages}"
-    text = f"{main}, measured when this book was built ({where})"
-    if exercise_seconds >= 1:
-        text += f"; its exercises' runs took {duration(exercise_seconds)} more"
-    return text + ". A second run reuses the results in seconds."
+    return f"{main}, measured when this book was built ({where}). A second run reuses the results in seconds."
 
 
 def run_time_table(prof: Profile) -> pd.DataFrame:

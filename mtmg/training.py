@@ -144,7 +144,9 @@ class SeededDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only: torch.manual_seed would also queue a CUDA seeding call (with its
+            # stack trace) per item on a machine where CUDA is not initialised
+            torch.default_generator.manual_seed(seed)
             item = dict(self.base[index])
             if self.augment is not None:
                 item = self.augment(item)

@@ -103,9 +103,11 @@ def test_page_renders_offline(browser, page_path):
 
         solutions = page.locator(".solution")
         if solutions.count():
-            exercises = page.locator(".exercise").count()
-            assert solutions.count() == exercises, (
-                f"{page_path.name}: {exercises} exercises, {solutions.count()} solutions")
+            from mtmg.teaching import EXERCISES, SOLUTIONS_DOC
+
+            assert page_path.stem == SOLUTIONS_DOC, f"{page_path.name}: solutions belong on {SOLUTIONS_DOC}"
+            assert solutions.count() == len(EXERCISES), (
+                f"{page_path.name}: {len(EXERCISES)} exercises, {solutions.count()} solutions")
             for i in range(solutions.count()):
                 body = solutions.nth(i).locator(".solution-content, section, .admonition-body").first
                 assert solutions.nth(i).evaluate("e => e.classList.contains('toggle-hidden') || "
@@ -130,12 +132,17 @@ def test_book_pages_were_found():
 
 
 def test_chapters_have_exercises_and_an_interactive_map(browser):
+    from mtmg.teaching import SOLUTIONS_DOC
+
     counts = {}
     for page_path in _pages():
-        if page_path.parent.name == "executed":
+        if page_path.parent.name == "executed" and page_path.stem != SOLUTIONS_DOC:
             page, _ = _open(browser, page_path)
             counts[page_path.stem] = (page.locator(".exercise").count(),
                                       page.locator(".mtmg-interactive-map").count())
+            # every exercise links to its solution on the solutions page
+            links = page.locator(f".exercise a[href*='{SOLUTIONS_DOC}.html#sol-']").count()
+            assert links == counts[page_path.stem][0], f"{page_path.name}: {links} links to solutions"
             page.close()
     assert len(counts) == 5, counts
     assert all(n >= 3 for n, _ in counts.values()), counts

@@ -15,6 +15,8 @@ from mtmg.report import BANNER_TITLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHAPTERS = SOURCES[:5]
+SOLUTIONS = ROOT / "notebooks" / "06_exercise_solutions.ipynb"
 EXECUTED_DIR = ROOT / "book" / "executed"
 MIN_SIDE = 100  # pixels
 
@@ -31,8 +33,9 @@ def _outputs(nb):
 
 # --- sources ----------------------------------------------------------------------------------------------
 
-def test_there_are_five_chapters():
-    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05"]
+def test_there_are_five_chapters_and_the_solutions():
+    assert [p.stem[:2] for p in SOURCES] == ["01", "02", "03", "04", "05", "06"]
+    assert SOURCES[-1] == SOLUTIONS
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
@@ -77,8 +80,8 @@ def _pngs(path: Path) -> list[bytes]:
             if "image/png" in o.get("data", {})]
 
 
-@pytest.mark.parametrize("path", _executed(), ids=lambda p: p.stem)
-def test_executed_notebook_figures_are_readable(path):
+@pytest.mark.parametrize("path", [EXECUTED_DIR / p.name for p in CHAPTERS], ids=lambda p: p.stem)
+def test_executed_chapter_figures_are_readable(path):
     assert path.is_file(), f"{path} is missing; run `make notebooks` first"
     pngs = _pngs(path)
     assert pngs, f"{path.name}: no image/png output"
@@ -112,19 +115,31 @@ def test_source_hides_set_up_and_takes_overrides(path):
     setup = next(c for c in nb.cells if c.cell_type == "code" and "load_profile(profile" in c.source)
     assert "overrides=overrides" in setup.source, f"{path.name}: pass overrides to load_profile"
     assert "remove-input" in setup.metadata.get("tags", []), f"{path.name}: hide the set-up code"
-    assert "{glue:md}`time-box`" in nb.cells[0].source and "Prerequisites" in nb.cells[0].source, \
-        f"{path.name}: the chapter must open with its goals, prerequisites and time"
+    if path in CHAPTERS:
+        assert "{glue:md}`time-box`" in nb.cells[0].source and "Prerequisites" in nb.cells[0].source, \
+            f"{path.name}: the chapter must open with its goals, prerequisites and time"
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.stem)
-def test_source_has_its_exercises_with_toggled_solutions(path):
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_has_its_exercises_each_linked_to_its_solution(path):
     from mtmg import teaching
 
     text = "\n".join(c.source for c in nb_cells(path) if c.cell_type == "markdown")
+    assert "{solution}" not in text, f"{path.name}: solutions belong on {SOLUTIONS.name}, not in the chapter"
     for ex in teaching.chapter_exercises(_chapter(path)):
         assert f":label: {ex.label}" in text, f"{path.name}: exercise {ex.label} missing"
-        assert f"{{solution}} {ex.label}\n:class: dropdown" in text, f"{path.name}: solution of {ex.label} not toggled"
-        assert f"{{glue:md}} {ex.label}-solution" in text, f"{path.name}: solution of {ex.label} not glued from its run"
+        assert f"{{glue:md}} {ex.label}-task" in text, f"{path.name}: task of {ex.label} not glued"
+        assert f"<sol-{ex.label}>`" in text, f"{path.name}: exercise {ex.label} does not link to its solution"
+
+
+def test_solutions_page_has_every_solution_toggled_and_glued_from_its_run():
+    from mtmg import teaching
+
+    text = "\n".join(c.source for c in nb_cells(SOLUTIONS) if c.cell_type == "markdown")
+    for ex in teaching.EXERCISES:
+        assert f"{{solution}} {ex.label}\n:label: sol-{ex.label}\n:class: dropdown" in text, \
+            f"{SOLUTIONS.name}: solution of {ex.label} missing, unlabelled or not toggled"
+        assert f"{{glue:md}} {ex.label}-solution" in text, f"{SOLUTIONS.name}: solution of {ex.label} not glued"
 
 
 def nb_cells(path: Path):
@@ -141,8 +156,14 @@ def test_every_figure_cell_has_a_caption_and_alt_text(path):
             assert len(meta.get("image", {}).get("alt", "")) > 30, f"{path.name}: figure cell without alt text"
 
 
+def _glued(nb) -> dict[str, str]:
+    return {o.get("metadata", {}).get("scrapbook", {}).get("name"):
+            next((v for k, v in o.get("data", {}).items() if k.endswith("text/markdown")), "")
+            for o in _outputs(nb)}
+
+
 @pytest.mark.parametrize("path", _executed(), ids=lambda p: p.stem)
-def test_executed_notebook_hides_injected_parameters_and_glues_every_solution(path):
+def test_executed_notebook_hides_injected_parameters_and_glues_its_teaching_frame(path):
     from mtmg import teaching
 
     assert path.is_file(), f"{path} is missing; run `make notebooks` first"
@@ -150,11 +171,14 @@ def test_executed_notebook_hides_injected_parameters_and_glues_every_solution(pa
     for cell in nb.cells:
         if "injected-parameters" in cell.metadata.get("tags", []):
             assert "remove-cell" in cell.metadata["tags"], f"{path.name}: papermill's cell is not hidden"
-    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name"):
-             next((v for k, v in o.get("data", {}).items() if k.endswith("text/markdown")), "")
-             for o in _outputs(nb)}
+    glued = _glued(nb)
+    if path.stem == SOLUTIONS.stem:
+        assert glued.get("solutions-time"), f"{path.name}: no measured time of the exercises' runs"
+        for ex in teaching.EXERCISES:
+            solution = glued.get(f"{ex.label}-solution", "")
+            assert "| quantity | book's run | with the change | change |" in solution, \
+                f"{path.name}: the solution of {ex.label} has no measured comparison"
+        return
     assert glued.get("time-box"), f"{path.name}: no measured time for the opening box"
     for ex in teaching.chapter_exercises(_chapter(path)):
-        solution = glued.get(f"{ex.label}-solution", "")
-        assert "| quantity | book's run | with the change | change |" in solution, \
-            f"{path.name}: the solution of {ex.label} has no measured comparison"
+        assert glued.get(f"{ex.label}-task", "").startswith(ex.task[:40]), f"{path.name}: task of {ex.label} missing"

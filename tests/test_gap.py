@@ -233,3 +233,14 @@ def test_gap_summary_table():
     assert table.loc["student", "cone_rgb"] == pytest.approx(C**2 - S**2 / (n - 1), abs=1e-12)
     with pytest.raises(ValueError, match="'text' and 'rgb'"):
         gap.gap_summary({"bad": {"rgb": x}})
+
+
+def test_exact_knn_matches_a_brute_force_search():
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    order, dist = gap.exact_knn(x, 5)
+    ref_dist, ref_order = NearestNeighbors(n_neighbors=5).fit(x.astype(np.float64)).kneighbors(x)
+    assert (order[:, 0] == np.arange(40)).all() and np.allclose(dist[:, 0], 0.0)
+    np.testing.assert_array_equal(order, ref_order)
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-6)

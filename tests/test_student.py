@@ -88,3 +88,13 @@ def test_missing_files_and_offline_ssl4eo_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE=1.*student.weights"):
         read_weights(student_mod.SSL4EO_MOCO)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"], ids=["empty", "truncated"])
+def test_an_empty_or_truncated_student_file_names_the_file_and_the_fix(tmp_path, content):
+    from mtmg.checkpoint import CorruptCheckpointError
+
+    path = tmp_path / "student.pth"
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError, match=r"student\.pth.*student\.weights"):
+        read_weights(str(path))

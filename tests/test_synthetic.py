@@ -97,3 +97,26 @@ def test_concepts_look_different() -> None:
     forest, industrial = mean_rgb(CONCEPTS.index("forest")), mean_rgb(CONCEPTS.index("industrial"))
     assert lake[2] - lake[0] > fields[2] - fields[0] + 10
     assert forest.sum() < industrial.sum() - 30
+
+
+def test_supported_scenes_are_rendered_once_into_the_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MTMG_CACHE", str(tmp_path))
+    first = SyntheticScenes("val", num_samples=12)
+    expected = [scene(synthetic._SUPPORTED_STREAM, 1, i, i % len(CONCEPTS)).image for i in range(12)]
+    assert all(np.array_equal(first[i]["rgb"].permute(1, 2, 0).numpy(), expected[i]) for i in range(12))
+    files = list((tmp_path / "synthetic").glob("*.npy"))
+    assert len(files) == 1 and f"v{synthetic.GENERATOR_VERSION}" in files[0].name
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered although the scenes were in the cache")
+
+    monkeypatch.setattr(synthetic, "scene", no_rendering)
+    assert torch.equal(SyntheticScenes("val", num_samples=12)[5]["rgb"], first[5]["rgb"])
+
+    files[0].write_bytes(b"not an array")
+    monkeypatch.undo()
+    monkeypatch.setenv("MTMG_CACHE", str(tmp_path))
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = SyntheticScenes("val", num_samples=12)[5]
+    assert torch.equal(again["rgb"], first[5]["rgb"])
+    assert np.load(files[0]).shape == (12, 64, 64, 3)

@@ -1,6 +1,7 @@
 """The book's teaching frame: exercises are valid changes, solutions show measured numbers, times are read
 from the recorded stage times."""
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -67,8 +68,13 @@ def test_time_box_reads_recorded_stage_times(tmp_path, monkeypatch):
     assert "reused" in teaching.time_box(prof, 2)
     _record(prof, "patch", 48.0)
     assert teaching.chapter_seconds(prof, 2) == 48.0
-    box = teaching.time_box(prof, 2, exercise_seconds=125.0, threads=1)
-    assert "48 s" in box and "2.1 min" in box and "1 torch thread" in box
+    box = teaching.time_box(prof, 2, threads=1)
+    assert "48 s" in box and "1 torch thread" in box
+    cores = os.cpu_count()
+    assert teaching.solutions_time({1: 0.0, 2: 125.0, 3: 30.0}, threads=1) == (
+        f"The changes ran in 2.6 min in all when this page was built ({cores} CPU core{'s' if cores != 1 else ''}, "
+        "1 torch thread): chapter 2 2.1 min, chapter 3 30 s. A second build reuses them.")
+    assert "reused" in teaching.solutions_time({1: 0.0})
     table = teaching.run_time_table(prof)
     assert table["chapter"].tolist() == [2]
 
@@ -89,3 +95,17 @@ def test_benchmark_views_pivot_per_chapter_with_real_dataset_names():
     assert "profile" not in first.columns and "default" not in first.to_string()
     assert list(views["4 modality gap"].columns) == ["EuroSAT test"]
     assert "nan" not in views["1 zero-shot"].to_string().lower()
+
+
+def test_glue_markdown_writes_what_myst_nb_glue_writes(monkeypatch):
+    import IPython.display
+    from IPython.display import Markdown
+    from myst_nb.ext import glue as myst_glue
+
+    ours, theirs = [], []
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: ours.append((a, k)))
+    monkeypatch.setattr(myst_glue, "ipy_display", lambda *a, **k: theirs.append((a, k)))
+    teaching.glue_markdown({"time-box": "**12 s**", "ex-a-task": "Do *this*."})
+    myst_glue.glue("time-box", Markdown("**12 s**"), display=False)
+    myst_glue.glue("ex-a-task", Markdown("Do *this*."), display=False)
+    assert ours == theirs and len(ours) == 2
