@@ -23,6 +23,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	@# numba compiles umap's and pynndescent's cached functions on their first import (about 25 s on 2 cores)
+	@# and keeps them beside the package, like Python's bytecode: pay that here, not in chapter 4
+	$(PY) -c "import umap"
 	@touch $@
 
 unit: $(STAMP)
