@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 unit: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py --ignore=tests/test_book_browser.py
+	$(PY) -m pytest tests --ignore=tests/test_executed_notebooks.py --ignore=tests/test_book_browser.py --durations=10
 
 # The notebooks are executed into book/executed/, one after the other in one kernel (the libraries are
 # imported once; each notebook starts from an empty namespace). A failed notebook keeps its previous good

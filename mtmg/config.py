@@ -107,7 +107,7 @@ class StageConfig:
     carve_max: int = 5000
     carve_seed: int = 0
     in_memory: bool = True
-    eval_batch_size: int = 256
+    eval_batch_size: int = 64  # the default profile's tiny models run fastest in small batches on a CPU
     cache_dir: str | None = None
     out_dir: str | None = None
 
