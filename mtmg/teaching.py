@@ -231,12 +231,16 @@ def solutions_glue(prof: Profile, threads: int | None = None) -> dict[str, str]:
     return out
 
 
+def machine_text(threads: int | None = None) -> str:
+    """``"2 CPU cores, 1 torch thread"``: where a recorded time was measured."""
+    cores = os.cpu_count() or 1
+    text = f"{cores} CPU core{'s' if cores != 1 else ''}"
+    return text + (f", {threads} torch thread{'s' if threads != 1 else ''}" if threads else "")
+
+
 def solutions_time(seconds: Mapping[int, float], threads: int | None = None) -> str:
     """One sentence: how long the exercises' own runs took, in all and per chapter."""
-    cores = os.cpu_count() or 1
-    where = f"{cores} CPU core{'s' if cores != 1 else ''}"
-    if threads:
-        where += f", {threads} torch thread{'s' if threads != 1 else ''}"
+    where = machine_text(threads)
     total = sum(seconds.values())
     if total < 1:
         return f"Every change reused finished runs when this page was built ({where})."
@@ -270,10 +274,7 @@ def duration(seconds: float) -> str:
 def time_box(prof: Profile, chapter: int, threads: int | None = None) -> str:
     """The time line of a chapter's opening box, from the run times the pipeline recorded."""
     seconds = chapter_seconds(prof, chapter)
-    cores = os.cpu_count() or 1
-    where = f"on {cores} CPU core{'s' if cores != 1 else ''}"
-    if threads:
-        where += f", {threads} torch thread{'s' if threads != 1 else ''}"
+    where = "on " + machine_text(threads)
     stages = ", ".join(f"`{s}`" for s in CHAPTER_STAGES[chapter])
     if not CHAPTER_STAGES[chapter]:
         main = "no stage of its own: it analyses the embeddings chapter 3 wrote (UMAP is the slowest step)"
