@@ -249,6 +249,41 @@ def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(dist, order, axis=1)
 
 
+UMAP_UNCACHED_KERNELS = (
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "clip"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+)
+"""The numba functions a single-threaded UMAP fit compiles that umap declares without ``cache=True``;
+together about 11 s of compilation on 2 CPU cores in every new process."""
+
+
+def import_umap():
+    """``umap``, with numba's on-disk cache turned on for :data:`UMAP_UNCACHED_KERNELS` (the same switch
+    as ``numba.njit(cache=True)``), so that their compilation is paid once per installation (``make install``
+    runs :func:`compile_umap`) instead of in every process. Only the serial layout kernel is cached: the
+    parallel variant shares its Python function, and hence its cache file name, and is never used here."""
+    import importlib
+
+    import umap
+
+    for module, name in UMAP_UNCACHED_KERNELS:
+        kernel = getattr(importlib.import_module(module), name, None)
+        if kernel is None or not hasattr(kernel, "enable_caching"):
+            warnings.warn(f"umap {umap.__version__} has no numba function {module}.{name}: its compilation is "
+                          "not cached (the layout is unaffected)", stacklevel=2)
+            continue
+        kernel.enable_caching()
+    return umap
+
+
+def compile_umap() -> None:
+    """Fit UMAP once on a small random set, so that numba compiles and caches its kernels now."""
+    rng = np.random.default_rng(0)
+    reduce_2d({"a": rng.normal(size=(40, 8)), "b": rng.normal(size=(40, 8))}, method="umap", n_epochs=5)
+
+
 def reduce_2d(
     embeddings: Mapping[str, Embeddings],
     labels: Mapping[str, Sequence[Any]] | None = None,
@@ -282,7 +317,7 @@ def reduce_2d(
 
         coords = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     elif method == "umap":
-        import umap
+        umap = import_umap()
 
         k = min(n_neighbors, stacked.shape[0] - 1)
         reducer = umap.UMAP(

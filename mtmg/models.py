@@ -236,6 +236,34 @@ def load_clip(
                       model_id, weights)
 
 
+RANDOM_INIT_DIR = "random_init"
+"""Sub-folder of the cache folder that holds the random initialisations of :func:`random_init_file`."""
+
+
+def random_init_file(model_name: str, cache_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """A random initialisation of ``model_name`` as a state-dict file: drawn once with ``seed`` (the global
+    generator is left as it was) and kept in ``cache_dir/random_init/``, named by a hash of the model config,
+    the seed and the torch and open_clip versions. Every stage that asks for the model without weights
+    loads this file, so they all see the same model and its zero-shot heads are cached like any others."""
+    config_name, model_id = config_file_model(model_name) or (model_name.replace("/", "-"), model_name)
+    model_cfg = open_clip.get_model_config(config_name)
+    if model_cfg is None:
+        raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name "
+                            "(see open_clip.list_models()).")
+    key = hashlib.sha256(json.dumps({"config": model_cfg, "seed": seed, "torch": torch.__version__,
+                                     "open_clip": open_clip.__version__}, sort_keys=True).encode()).hexdigest()
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_id)
+    path = Path(cache_dir) / RANDOM_INIT_DIR / f"{slug}-seed{seed}-{key[:16]}.pt"
+    if not path.is_file():
+        from mtmg.checkpoint import atomic_save
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(config_name, pretrained=None)
+        atomic_save(model.state_dict(), path)
+    return path
+
+
 def _load_from_dir(model_name: str, directory: Path, device: torch.device) -> ClipBundle:
     directory = directory.resolve()
     config_file = directory / LOCAL_DIR_CONFIG

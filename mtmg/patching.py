@@ -33,7 +33,7 @@ from mtmg.config import ClipSpec, PatchConfig, save_config
 from mtmg.device import resolve_device
 from mtmg.evaluation import evaluate_zeroshot
 from mtmg.losses import task_loss
-from mtmg.models import RANDOM_INIT, ClipBundle, ImageClassifier, ZeroShotHead, load_clip
+from mtmg.models import ClipBundle, ImageClassifier, ZeroShotHead, load_clip
 from mtmg.tasks import (
     HEADS,
     PRIMARY_METRIC,
@@ -254,11 +254,6 @@ def _patch(cfg: PatchConfig, out: Path, dev: torch.device, resume: bool) -> None
         cache = cache_folder(cfg.cache_dir)
         source = clip_source(cfg.clip, cache, dev)
         bundle = load_clip(cfg.clip.name, source, dev)
-        if bundle.weights == RANDOM_INIT:  # keep the random weights (rank 0's) so that stage 2 sees the same model
-            source = str(out / "clip_random_init.pt")
-            if is_main():
-                checkpoint.atomic_save(bundle.model.state_dict(), source)
-            bundle = load_clip(cfg.clip.name, source, dev)
         visual = bundle.model.visual
         zs = {k: v.detach().clone() for k, v in visual.state_dict().items()}
         if is_main():

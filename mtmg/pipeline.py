@@ -18,8 +18,6 @@ Profiles come from :func:`mtmg.profiles.load_profile`, the figures' data views f
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -137,11 +135,7 @@ def ensure_patched_zeroshot(prof: Profile, *, force: bool = False) -> stages.Zer
     key = folder.name
 
     def body() -> None:
-        cfg = prof.zeroshot
-        if cfg.clip.pretrained is None:  # random init: the CLIP stage 1 drew and saved, text tower included
-            saved = json.loads((patch.out_dir / "clip.json").read_text())["file"]
-            cfg = dataclasses.replace(cfg, clip=dataclasses.replace(cfg.clip, pretrained=saved))
-        stages.run_zeroshot(cfg, folder, device=prof.device, tower=f"patched (alpha={patch.alpha:g})",
+        stages.run_zeroshot(prof.zeroshot, folder, device=prof.device, tower=f"patched (alpha={patch.alpha:g})",
                             visual_state=checkpoint.load(patch.out_dir / "patched.pt"))
 
     _ensure("zeroshot_patched", folder, key, stages.ZEROSHOT_FILES,

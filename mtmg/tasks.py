@@ -14,6 +14,7 @@ their prompts and build their heads here, so there is one way of doing each:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,21 @@ HEADS = "heads"
 
 # --- CLIP models -----------------------------------------------------------------------------------------
 
-def clip_source(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> str | None:
-    """What ``load_clip`` gets for ``spec``: the MiniCLIP weights file (pretrained first if missing), else
-    ``pretrained``."""
+def clip_source(spec: ClipSpec, cache_dir: Path, device: torch.device | str = "cpu") -> str:
+    """What ``load_clip`` gets for ``spec``: the MiniCLIP weights file (pretrained first if missing); without
+    weights (``pretrained: null``) the file of a random initialisation drawn once with seed 0
+    (:func:`mtmg.models.random_init_file`, with a warning); else ``pretrained``."""
     if spec.pretrained == MINICLIP:
         from mtmg.miniclip import MiniClipConfig, ensure_miniclip
 
         return str(ensure_miniclip(cache_dir, MiniClipConfig(model_name=spec.name), device))
+    if spec.pretrained is None:
+        from mtmg.models import random_init_file
+
+        path = random_init_file(spec.name, cache_dir)
+        warnings.warn(f"No pretrained weights given for {spec.name}: the model is a random initialisation "
+                      f"(seed 0, kept in {path}).", UserWarning, stacklevel=2)
+        return str(path)
     return spec.pretrained
 
 

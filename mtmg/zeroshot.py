@@ -84,7 +84,8 @@ def zeroshot_head(
 
     Cache files are ``head-<dataset>-<key[:16]>.pt`` holding a dict of tensors plus the full key (loaded
     with ``weights_only=True``); the key hashes model name, weights id, dataset, class names and templates.
-    Randomly initialised models are never cached (their weights id does not identify the weights). A corrupt
+    Models initialised at random in memory are never cached (their weights id does not identify the weights;
+    the stages load a random initialisation from a file instead, :func:`mtmg.models.random_init_file`). A corrupt
     cache file is a cache miss: a warning names it, and the head is built and the file rewritten.
     """
     if cache_dir is None or bundle.weights == RANDOM_INIT:

@@ -192,6 +192,32 @@ def test_umap_layout_is_identical_across_runs():
     assert np.isfinite(first[["x", "y"]].to_numpy()).all()
 
 
+_KERNEL_COMPILES = """
+import importlib, json
+from mtmg import gap
+gap.compile_umap()
+stats = {f"{m}.{n}": dict(getattr(importlib.import_module(m), n).stats.cache_misses)
+         for m, n in gap.UMAP_UNCACHED_KERNELS}
+print(json.dumps({k: sum(v.values()) for k, v in stats.items()}))
+"""
+
+
+def test_umap_kernels_compile_once_per_installation():
+    """The kernels umap leaves uncached are compiled by the first process only (``make install`` runs it);
+    a later process loads them from numba's cache: no misses."""
+    pytest.importorskip("umap")
+    import json
+    import subprocess
+    import sys
+
+    run = lambda: json.loads(subprocess.run([sys.executable, "-c", _KERNEL_COMPILES], check=True,
+                                            capture_output=True, text=True).stdout.splitlines()[-1])
+    run()  # compiles whatever is not cached yet
+    misses = run()
+    assert set(misses) == {f"{m}.{n}" for m, n in gap.UMAP_UNCACHED_KERNELS}
+    assert misses == dict.fromkeys(misses, 0), f"recompiled in a new process: {misses}"
+
+
 def test_reduce_2d_rejects_bad_input():
     sets, _ = two_modalities()
     with pytest.raises(ValueError, match="method"):

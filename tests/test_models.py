@@ -19,6 +19,7 @@ from mtmg.models import (
     WeightsUnavailableError,
     ZeroShotHead,
     load_clip,
+    random_init_file,
     register_model_config,
 )
 
@@ -179,3 +180,23 @@ def test_devices():
         resolve_device("gpu0")
     with autocast("cpu"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_random_init_file_is_drawn_once_per_seed_and_leaves_the_global_generator(tmp_path, tiny_name):
+    from mtmg.config import ClipSpec
+    from mtmg.tasks import clip_source
+
+    state = torch.random.get_rng_state()
+    path = random_init_file(tiny_name, tmp_path)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    stamp = path.stat().st_mtime_ns
+    assert random_init_file(tiny_name, tmp_path) == path and path.stat().st_mtime_ns == stamp  # reused, not redrawn
+    other = random_init_file(tiny_name, tmp_path, seed=1)
+    first, second = torch.load(path, weights_only=True), torch.load(other, weights_only=True)
+    assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        source = clip_source(ClipSpec(name=tiny_name, pretrained=None), tmp_path)
+    assert source == str(path)
+    bundle = load_clip(tiny_name, source)
+    assert bundle.weights.startswith(f"{path.name}@sha256:")  # a content id: its zero-shot heads can be cached
+    _assert_same_weights(bundle.model, load_clip(tiny_name, path).model)

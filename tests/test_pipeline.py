@@ -175,6 +175,16 @@ def test_zeroshot_stage_writes_per_class_results(tiny):
     assert list(csv["dataset"]) == ["eurosat_ms", "synthetic"]
 
 
+def test_without_weights_the_zeroshot_stage_scores_the_clip_that_stage_1_starts_from(tiny):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zeroshot, patch = pipeline.ensure_zeroshot(tiny), pipeline.ensure_patch(tiny)
+    assert zeroshot["weights"] == json.loads((patch.out_dir / "clip.json").read_text())["weights"]
+    alpha0 = patch.scores[(patch.scores["alpha"] == 0.0) & (patch.scores["split"] == "test")]
+    by_task = {e["dataset"]: e["value"] for e in zeroshot["datasets"]}
+    assert dict(zip(alpha0["task"], alpha0["value"])) == pytest.approx(by_task)
+
+
 def test_tiny_end_to_end_embeddings_and_layout(tiny):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
