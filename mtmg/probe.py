@@ -74,6 +74,7 @@ class ProbeResult:
     C: float
     val_value: float
     n_train: int
+    n_test: int
 
 
 class _Standardiser:
@@ -144,7 +145,8 @@ def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs:
             best = (C, v, model)
     C, v, model = best
     value = _score(_scores(model, xte, n_classes, multilabel), test.targets, multilabel)
-    return ProbeResult("macro_ap" if multilabel else "top1", float(value), float(C), float(v), len(train.targets))
+    return ProbeResult("macro_ap" if multilabel else "top1", float(value), float(C), float(v), len(train.targets),
+                       len(test.targets))
 
 
 def few_shot_indices(targets: np.ndarray, shots: int, seed: int) -> list[int]:
@@ -170,14 +172,15 @@ def few_shot_indices(targets: np.ndarray, shots: int, seed: int) -> list[int]:
 def few_shot_curve(train: Split, val: Split, test: Split, multilabel: bool, *, shots: Sequence[int] = (1, 2, 5, ALL),
                    seeds: Sequence[int] = (0, 1, 2), Cs: Sequence[float] = DEFAULT_CS) -> list[dict]:
     """:func:`linear_probe` with ``k`` training items per class for each ``k`` in ``shots`` (``ALL``: the
-    whole split, one fit) and each seed; one row per fit (shots, seed, metric, value, C, val_value, n_train)."""
+    whole split, one fit) and each seed; one row per fit (shots, seed, metric, value, C, val_value, n_train,
+    n_test)."""
     rows = []
     for k in shots:
         for seed in (seeds[:1] if k == ALL else seeds):
             part = train if k == ALL else train.subset(few_shot_indices(train.targets, k, seed))
             r = linear_probe(part, val, test, multilabel, Cs=Cs, seed=seed)
             rows.append({"shots": k, "seed": seed, "metric": r.metric, "value": r.value, "C": r.C,
-                         "val_value": r.val_value, "n_train": r.n_train})
+                         "val_value": r.val_value, "n_train": r.n_train, "n_test": r.n_test})
     return rows
 
 

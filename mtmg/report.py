@@ -580,6 +580,14 @@ def summarize_ap_conventions(table: pd.DataFrame) -> str:
 
 # --- linear probe ----------------------------------------------------------------------------------------
 
+def _one_tile(part: pd.DataFrame) -> str:
+    """For top-1 on a known number of test tiles: what one tile is worth, the resolution of the comparison."""
+    if part["metric"].iloc[0] != "top1" or "n_test" not in part or part["n_test"].isna().all():
+        return ""
+    n = int(part["n_test"].max())
+    return f" The test split holds {n} tiles: one tile more or less moves a score by {100 / n:.1f} points."
+
+
 def summarize_probe(results: pd.DataFrame) -> str:
     """What the linear probe showed: per dataset, the four encoders with all training tiles and with one
     per class, and whether alignment moved the student's probe above its initial weights'."""
@@ -599,5 +607,6 @@ def summarize_probe(results: pd.DataFrame) -> str:
             text.append(f"  The aligned student's probe is **{verdict}** its initial weights' "
                         f"({pct(full['student'])} vs {pct(full['student_init'])})"
                         + (f"; with one tile per class {pct(one['student'])} vs {pct(one['student_init'])}."
-                           if "student" in one and "student_init" in one else "."))
+                           if "student" in one and "student_init" in one else ".")
+                        + _one_tile(part))
     return "Linear probe in this run:\n\n" + "\n".join(text)

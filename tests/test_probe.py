@@ -30,7 +30,7 @@ def test_separable_single_label_reaches_full_accuracy():
     result = probe.linear_probe(train, val, test, multilabel=False)
     assert result.metric == "top1"
     assert result.value >= 0.99
-    assert result.C in probe.DEFAULT_CS and result.n_train == 100
+    assert result.C in probe.DEFAULT_CS and result.n_train == 100 and result.n_test == len(test.targets)
 
 
 def test_shuffled_labels_stay_near_chance():

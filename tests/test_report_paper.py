@@ -46,10 +46,10 @@ def _probe_rows():
     for model, full, one in (("student", 0.8, 0.5), ("student_init", 0.6, 0.3), ("clip_patched", 0.7, 0.4),
                              ("clip_zeroshot", 0.5, 0.2)):
         rows.append({"dataset": "eurosat_ms", "model": model, "modality": probe.ENCODERS[model][0],
-                     "shots": probe.ALL, "seed": 0, "metric": "top1", "value": full})
+                     "shots": probe.ALL, "seed": 0, "metric": "top1", "value": full, "n_test": 40})
         for seed, delta in ((0, 0.0), (1, 0.1)):
             rows.append({"dataset": "eurosat_ms", "model": model, "modality": probe.ENCODERS[model][0],
-                         "shots": 1, "seed": seed, "metric": "top1", "value": one + delta})
+                         "shots": 1, "seed": seed, "metric": "top1", "value": one + delta, "n_test": 40})
     return pd.DataFrame(rows)
 
 
@@ -61,6 +61,7 @@ def test_probe_table_and_summary():
     assert table.loc[("eurosat_ms", "student before alignment on MS"), "all"] == 60.0
     text = report.summarize_probe(results)
     assert "**above**" in text and "80.0 % vs 60.0 %" in text and "55.0 % vs 35.0 %" in text
+    assert "40 tiles: one tile more or less moves a score by 2.5 points" in text
 
 
 def test_probe_cli_rejects_a_malformed_data_root(capsys):
