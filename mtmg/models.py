@@ -148,6 +148,17 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _model_config(model_name: str) -> tuple[str, str, dict]:
+    """open_clip's config name, the model's identity and its config dict (a ``.json`` path is registered first)."""
+    config_name, model_id = config_file_model(model_name) or (model_name.replace("/", "-"), model_name)
+    model_cfg = open_clip.get_model_config(config_name)
+    if model_cfg is None:
+        raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name. Register a JSON config "
+                            "first (register_model_config / --model-config PATH.json) or use one of "
+                            "open_clip.list_models().")
+    return config_name, model_id, model_cfg
+
+
 def load_clip(
     model_name: str,
     pretrained: str | os.PathLike | None = None,
@@ -181,12 +192,7 @@ def load_clip(
     if directory is not None:
         return _load_from_dir(model_name, Path(directory), device)
 
-    config_name, model_id = config_file_model(model_name) or (model_name.replace("/", "-"), model_name)
-    model_cfg = open_clip.get_model_config(config_name)
-    if model_cfg is None:
-        raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name. Register a JSON config "
-                            "first (register_model_config / --model-config PATH.json) or use one of "
-                            "open_clip.list_models().")
+    config_name, model_id, model_cfg = _model_config(model_name)
     kwargs: dict = {}
     if pretrained is None:
         warnings.warn(f"No pretrained weights given for {model_name}: the model is randomly initialised.",
@@ -245,11 +251,7 @@ def random_init_file(model_name: str, cache_dir: str | os.PathLike, seed: int = 
     generator is left as it was) and kept in ``cache_dir/random_init/``, named by a hash of the model config,
     the seed and the torch and open_clip versions. Every stage that asks for the model without weights
     loads this file, so they all see the same model and its zero-shot heads are cached like any others."""
-    config_name, model_id = config_file_model(model_name) or (model_name.replace("/", "-"), model_name)
-    model_cfg = open_clip.get_model_config(config_name)
-    if model_cfg is None:
-        raise ArgumentError(f"Unknown model {model_name!r}: not an open_clip config name "
-                            "(see open_clip.list_models()).")
+    config_name, model_id, model_cfg = _model_config(model_name)
     key = hashlib.sha256(json.dumps({"config": model_cfg, "seed": seed, "torch": torch.__version__,
                                      "open_clip": open_clip.__version__}, sort_keys=True).encode()).hexdigest()
     slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_id)
