@@ -9,6 +9,7 @@ expected (``ViT-B-32-small.json``; see :func:`config_file_model`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -226,13 +227,15 @@ def load_clip(
             image_resize_mode=tag_cfg.get("resize_mode"),
         )
     try:
-        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            config_name, pretrained=checkpoint, device=device, cache_dir=cache_dir, **kwargs)
+        with contextlib.nullcontext() if checkpoint is None else weights_loaded_later():
+            model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+                config_name, pretrained=checkpoint, device=device, cache_dir=cache_dir, **kwargs)
     except (RuntimeError, KeyError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             SafetensorError) as e:
         if checkpoint is None:
             raise
-        detail = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:400].rstrip(".:") if lines else type(e).__name__
         raise WeightsFileError(f"Could not load weights {checkpoint} into {model_name}: {detail}. The file must be a "
                                "complete state dict of this architecture saved with torch.save or safetensors "
                                "(TorchScript archives are not supported); if it is truncated, copy or download it "
@@ -240,6 +243,36 @@ def load_clip(
     model.eval()
     return ClipBundle(model, preprocess_train, preprocess_val, open_clip.get_tokenizer(config_name),
                       model_id, weights)
+
+
+_INITIALISERS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                 "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def weights_loaded_later():
+    """``torch.nn.init``'s initialisers leave tensors as they are while a model is built whose every weight a
+    strict state-dict load overwrites next (open_clip loads full CLIP checkpoints strictly). The random draw
+    would be thrown away, and costs seconds for a large model on the CPU (ViT-L-14: about 4 s). The
+    initialisers are module-wide, so do not build models in other threads meanwhile."""
+    import torch.nn.modules.activation
+    import torch.nn.modules.transformer
+
+    # torch's attention modules import their initialisers by name
+    holders = (nn.init, torch.nn.modules.activation, torch.nn.modules.transformer)
+    saved = [(holder, name, getattr(holder, name)) for holder in holders for name in _INITIALISERS
+             if hasattr(holder, name)]
+    for holder, name, _ in saved:
+        setattr(holder, name, _unchanged)
+    try:
+        yield
+    finally:
+        for holder, name, function in saved:
+            setattr(holder, name, function)
+
+
+def _unchanged(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
 
 
 RANDOM_INIT_DIR = "random_init"
@@ -362,13 +395,22 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or "/" in value or value.startswith(".") or value.endswith(_CHECKPOINT_SUFFIXES)
 
 
+_FILE_IDS: dict[tuple, str] = {}
+
+
 def _file_id(path: Path) -> str:
-    """``name@sha256:<16 hex>``: identifies a checkpoint by content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return f"{path.name}@sha256:{digest.hexdigest()[:16]}"
+    """``name@sha256:<16 hex>``: identifies a checkpoint by content. Kept for the life of the process per file
+    version (device, inode, size, modification and change times in ns): the stages of one notebook kernel load
+    the same weights several times, and hashing ViT-L-14's 1.7 GB takes seconds."""
+    stat = path.stat()
+    version = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if version not in _FILE_IDS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        _FILE_IDS[version] = f"{path.name}@sha256:{digest.hexdigest()[:16]}"
+    return _FILE_IDS[version]
 
 
 

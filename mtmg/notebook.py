@@ -43,6 +43,8 @@ def execute_notebook(source: Path, destination: Path, parameters: dict | None = 
             str(source), str(partial), parameters=parameters or {}, kernel_name=kernel_name,
             cwd=str(source.parent), progress_bar=False, log_output=False,
             shutdown_kernel="immediate",  # every output has arrived; a graceful shutdown only waits
+            request_save_on_cell_execute=False,  # written once at the end (or at the failing cell), not twice
+                                                 # per cell with every figure: seconds per book
             **engine,
         )
     except BaseException:

@@ -64,6 +64,29 @@ def interpolate_state_dicts(zs: Mapping[str, torch.Tensor], ft: Mapping[str, tor
     Integer and boolean entries cannot be interpolated: they are copied from the nearer endpoint
     (``zs`` for α < 0.5), so α = 0 and α = 1 reproduce the endpoints exactly.
     """
+    _check_same_architecture(zs, ft)
+    out = {}
+    for k, a in zs.items():
+        out[k] = torch.empty_like(a)
+        _interpolate_into(out[k], a, ft[k], alpha)
+    return out
+
+
+@torch.no_grad()
+def load_interpolated(module: nn.Module, zs: Mapping[str, torch.Tensor], ft: Mapping[str, torch.Tensor],
+                      alpha: float) -> None:
+    """Write θα into ``module``'s own parameters and buffers: the numbers of :func:`interpolate_state_dicts`
+    without a second copy of the tower (1.2 GB for ViT-L-14's)."""
+    _check_same_architecture(zs, ft)
+    own = module.state_dict()
+    if set(own) != set(zs):
+        raise KeyError(f"{type(module).__name__} and the state dicts differ in keys: only in the module "
+                       f"{sorted(set(own) - set(zs))[:8]}, only in the state dicts {sorted(set(zs) - set(own))[:8]}")
+    for k, target in own.items():
+        _interpolate_into(target, zs[k], ft[k], alpha)
+
+
+def _check_same_architecture(zs: Mapping[str, torch.Tensor], ft: Mapping[str, torch.Tensor]) -> None:
     if set(zs) != set(ft):
         only_zs, only_ft = sorted(set(zs) - set(ft)), sorted(set(ft) - set(zs))
         raise KeyError(f"state dicts differ in keys: only in zero-shot {only_zs[:8]}, only in fine-tuned "
@@ -71,18 +94,21 @@ def interpolate_state_dicts(zs: Mapping[str, torch.Tensor], ft: Mapping[str, tor
     shapes = [f"{k}: {tuple(zs[k].shape)} vs {tuple(ft[k].shape)}" for k in zs if zs[k].shape != ft[k].shape]
     if shapes:
         raise ValueError(f"state dicts differ in shapes ({shapes[:8]}); both must come from the same architecture")
-    out = {}
-    for k, a in zs.items():
-        b = ft[k]
-        if not a.is_floating_point():
-            out[k] = (a if alpha < 0.5 else b).clone()
-        elif alpha == 0:
-            out[k] = a.clone()
-        elif alpha == 1:
-            out[k] = b.clone()
-        else:
-            out[k] = ((1 - alpha) * a.float() + alpha * b.float()).to(a.dtype)
-    return out
+
+
+def _interpolate_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """out = (1 − α)·a + α·b in fp32 (stored in ``out``'s dtype); the nearer endpoint for integer entries."""
+    if not a.is_floating_point():
+        out.copy_(a if alpha < 0.5 else b)
+    elif alpha == 0:
+        out.copy_(a)
+    elif alpha == 1:
+        out.copy_(b)
+    elif a.dtype == b.dtype == out.dtype == torch.float32 and a.device == b.device == out.device:
+        torch.mul(a, 1 - alpha, out=out)  # the same two products and sum as below, one temporary fewer
+        out.add_(b * alpha)
+    else:
+        out.copy_((1 - alpha) * a.float() + alpha * b.float())
 
 
 def select_alpha(scores: pd.DataFrame, split: str = "val") -> tuple[float, pd.Series]:
@@ -134,14 +160,14 @@ def sweep(visual: nn.Module, zs: Mapping[str, torch.Tensor], ft: Mapping[str, to
     visual.to(device)
     rows = []
     for alpha in tqdm(alphas, desc="α sweep (val)"):
-        visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha))
+        load_interpolated(visual, zs, ft, alpha)
         rows += [_score(visual, t, "val", t.val, alpha, batch_size, device, num_workers) for t in tasks]
     alpha_star, _ = select_alpha(pd.DataFrame(rows), "val")
     for alpha in tqdm(alphas, desc="α sweep (test)"):
-        visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha))
+        load_interpolated(visual, zs, ft, alpha)
         rows += [_score(visual, t, "test", t.test, alpha, batch_size, device, num_workers)
                  for t in tasks if t.test is not None]
-    visual.load_state_dict(interpolate_state_dicts(zs, ft, alpha_star))
+    load_interpolated(visual, zs, ft, alpha_star)
     return pd.DataFrame(rows, columns=["task", "split", "alpha", "metric", "value"]), alpha_star
 
 

@@ -4,7 +4,9 @@ progress bar, CSV log, and atomic checkpoints from which an interrupted run resu
 Reproducibility does not depend on data-loader workers: the sampler yields ``(index, seed)`` pairs,
 a permutation fixed by ``(seed, epoch)``, and every item is loaded and augmented under its own seed
 (:class:`SeededDataset`). Resuming therefore only needs the step count, the model, optimiser and
-scheduler states, and the global generator states (dropout, drop-path).
+scheduler states, and the global generator states (dropout, drop-path). The checkpoint written after
+the last step holds no optimiser or scheduler state (for AdamW, twice the model's size): resuming a
+finished run only restores the weights.
 
 Under ``torchrun`` (a process group initialised, see :func:`fit`) the same loop runs data-parallel:
 every rank takes its slice of each global batch and DistributedDataParallel averages the gradients.
@@ -239,8 +241,9 @@ def _restore(path: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: A
         raise ValueError(f"{path}: the checkpoint was written with other settings: " + "; ".join(diff[:12])
                          + "; resume with the same settings, or start again without --resume")
     module.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    if "optimizer" in state:  # absent from the checkpoint of a finished run (fit then takes no step)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
     checkpoint.set_rng_state(state["rng"])
     return int(state["step"])
 
@@ -360,9 +363,11 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
                     writer.writerow(row)
                     log.flush()
                     if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                        checkpoint.atomic_save({"model": module.state_dict(), "optimizer": opt.state_dict(),
-                                                "scheduler": sched.state_dict(), "step": step, "meta": meta,
-                                                "rng": checkpoint.rng_state()}, ckpt_path)
+                        state = {"model": module.state_dict(), "step": step, "meta": meta,
+                                 "rng": checkpoint.rng_state()}
+                        if step < total:  # the last checkpoint needs no optimiser: no step follows it
+                            state.update(optimizer=opt.state_dict(), scheduler=sched.state_dict())
+                        checkpoint.atomic_save(state, ckpt_path)
                 if step >= total:
                     break
     finally:

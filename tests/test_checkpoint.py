@@ -150,6 +150,21 @@ def test_fit_resume_after_crash_equals_uninterrupted(tmp_path):
     assert strip(log_a) == strip(log_b) and len(log_a) == 16
 
 
+def test_the_last_checkpoint_holds_no_optimiser_and_resuming_a_finished_run_restores_the_weights(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=3)
+    ref = _toy_model()
+    with pytest.raises(_Crash):  # the checkpoint of step 3, mid-run, keeps everything needed to go on
+        fit(_toy_model(), _loss(crash_after=4), _Toy(), cfg, tmp_path / "crashed")
+    assert {"optimizer", "scheduler"} <= set(checkpoint.load(tmp_path / "crashed" / "checkpoint.pt"))
+    fit(ref, _loss(), _Toy(), cfg, tmp_path)
+    last = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert last["step"] == 10 and "optimizer" not in last and "scheduler" not in last
+    again = _toy_model()
+    result = fit(again, _loss(crash_after=0), _Toy(), cfg, tmp_path, resume=True)  # no loss is computed
+    assert result.resumed_from == result.steps == 10
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in ref.state_dict().items())
+
+
 def test_fit_refuses_a_checkpoint_of_other_settings(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=2)
     fit(_toy_model(), _loss(), _Toy(), cfg, tmp_path)

@@ -16,6 +16,7 @@ from mtmg.device import autocast, resolve_device
 from mtmg.models import (
     RANDOM_INIT,
     ImageClassifier,
+    WeightsFileError,
     WeightsUnavailableError,
     ZeroShotHead,
     load_clip,
@@ -72,6 +73,32 @@ def test_checkpoint_file(tmp_path, tiny_name, no_network):
     assert loaded.weights.startswith("tiny.pt@sha256:")
     torch.save(_random_tiny(tiny_name, seed=3).model.state_dict(), path)
     assert load_clip(tiny_name, str(path)).weights != loaded.weights  # the id follows the content
+
+
+def test_a_checkpoint_file_is_loaded_without_drawing_the_weights_it_replaces(tmp_path, tiny_name, monkeypatch):
+    source = _random_tiny(tiny_name, seed=5)
+    path = tmp_path / "tiny.pt"
+    torch.save(source.model.state_dict(), path)
+    drawn = []
+
+    def counting(tensor, *args, **kwargs):
+        drawn.append(tuple(tensor.shape))
+        return tensor
+
+    monkeypatch.setattr(torch.nn.init, "normal_", counting)
+    loaded = load_clip(tiny_name, path)
+    _assert_same_weights(source.model, loaded.model)
+    assert drawn == []  # open_clip's initialisation was skipped: the file's state dict replaces all of it
+    assert torch.nn.init.normal_ is counting  # and the initialisers are back afterwards
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        load_clip(tiny_name, None)
+    assert drawn  # a model without weights is initialised as before
+    monkeypatch.undo()
+    broken = tmp_path / "broken.pt"
+    torch.save({k: v for k, v in source.model.state_dict().items() if "visual" not in k}, broken)
+    with pytest.raises(WeightsFileError, match="Missing key"):  # strict loading: no weight is left undrawn
+        load_clip(tiny_name, broken)
+    assert torch.nn.init.normal_.__module__ == "torch.nn.init"
 
 
 def test_local_directory(tmp_path, tiny_name, no_network):

@@ -49,6 +49,7 @@ def test_a_failing_notebook_keeps_the_previous_copy_and_stops_the_book(tmp_path)
     assert (out / "a.ipynb").is_file()
     assert (out / "b.ipynb").read_text() == "previous good copy"
     assert (out / "b.failed.ipynb").is_file() and not (out / "c.ipynb").exists()
+    assert "broken cell" in (out / "b.failed.ipynb").read_text()  # the failed copy shows the error
 
 
 def test_a_notebook_is_never_executed_in_place(tmp_path):

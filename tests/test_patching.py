@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from mtmg import checkpoint, patching, tasks
 from mtmg.config import ClipSpec, DataSpec, PatchConfig, TrainConfig
 from mtmg.models import ZeroShotHead, load_clip
-from mtmg.patching import EvalTask, interpolate_state_dicts, select_alpha, sweep
+from mtmg.patching import EvalTask, interpolate_state_dicts, load_interpolated, select_alpha, sweep
 from mtmg.training import InMemoryDataset
 
 from conftest import EUROSAT, ROOT
@@ -78,6 +78,27 @@ def test_interpolation_copies_integer_buffers_from_the_nearer_endpoint():
         out = interpolate_state_dicts(zs, ft, alpha)
         assert torch.equal(out["count"], source["count"]) and out["count"].dtype == torch.int64
         assert torch.equal(out["mask"], source["mask"])
+
+
+def test_interpolation_in_place_gives_the_same_numbers_as_new_tensors():
+    bundle = _tiny_clip()
+    visual = bundle.model.visual
+    zs = {k: v.clone() for k, v in visual.state_dict().items()}
+    ft = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in zs.items()}
+    pointers = {k: v.data_ptr() for k, v in visual.state_dict().items()}
+    for alpha in (0.0, 0.3, 0.6, 1.0):
+        load_interpolated(visual, zs, ft, alpha)
+        expected = interpolate_state_dicts(zs, ft, alpha)
+        for k, v in visual.state_dict().items():
+            assert torch.equal(v, expected[k]), (alpha, k)  # bit for bit
+            assert v.data_ptr() == pointers[k]  # written into the module's own tensors
+    module = torch.nn.Linear(3, 4).half()
+    a = {k: v.clone() for k, v in module.state_dict().items()}
+    b = {k: v + 1 for k, v in a.items()}
+    load_interpolated(module, a, b, 0.25)
+    assert all(torch.equal(module.state_dict()[k], interpolate_state_dicts(a, b, 0.25)[k]) for k in a)
+    with pytest.raises(KeyError, match="only in the state dicts \\['extra'\\]"):
+        load_interpolated(module, {**a, "extra": a["bias"]}, {**b, "extra": b["bias"]}, 0.5)
 
 
 def test_interpolation_rejects_mismatched_state_dicts():
