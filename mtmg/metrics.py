@@ -22,6 +22,7 @@ Conventions
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -111,6 +112,41 @@ def average_precision_per_class(scores: ArrayLike, targets: ArrayLike, empty_cla
     empty = np.nan if empty_class == "drop" else 0.0
     return np.array([_binary_average_precision(positive[:, c], scores[:, c]) if positive[:, c].any() else empty
                      for c in range(scores.shape[1])])
+
+
+def resampled_macro_average_precision(scores: ArrayLike, targets: ArrayLike, counts: np.ndarray) -> np.ndarray:
+    """(B,) macro AP (``drop`` rule) of B resamples of the items, each given as a row of ``counts`` (B, N):
+    how many times each item is drawn. Equal to :func:`macro_average_precision` on the items repeated
+    that many times (a repeated item ties with itself), without building the resamples: every class's
+    ranking is sorted once."""
+    scores, positive = _np(scores).astype(np.float64), _np(targets) > 0.5
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[1] != len(scores):
+        raise ValueError(f"counts: need (B, {len(scores)}) draws per item, got {counts.shape}")
+    from scipy import sparse
+
+    n = len(scores)
+    per_class = np.full((len(counts), scores.shape[1]), np.nan)
+    for c in np.flatnonzero(positive.any(axis=0)):
+        order = np.argsort(-scores[:, c], kind="mergesort")
+        score, pos = scores[order, c], positive[order, c]
+        ends = np.r_[np.flatnonzero(np.diff(score)), n - 1]  # last item of each threshold
+        # only thresholds holding a positive move the recall: sum the draws between their ends
+        hit_ends = np.unique(ends[np.searchsorted(ends, np.flatnonzero(pos))])
+        segment = np.searchsorted(hit_ends, np.arange(n))  # items after the last such end: len(hit_ends)
+        kept = segment < len(hit_ends)
+        rows = np.r_[order[kept], order[pos]]
+        cols = np.r_[segment[kept], len(hit_ends) + segment[pos]]
+        sums = np.asarray((sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, 2 * len(hit_ends)))
+                           .T @ counts.T).T)
+        drawn, tps = np.cumsum(sums[:, :len(hit_ends)], axis=1), np.cumsum(sums[:, len(hit_ends):], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(drawn > 0, tps / drawn, 0.0)
+            ap = np.sum(np.diff(tps / tps[:, -1:], axis=1, prepend=0.0) * precision, axis=1)
+        per_class[:, c] = np.where(tps[:, -1] > 0, ap, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any positive: NaN
+        return np.nanmean(per_class, axis=1)
 
 
 def classes_scored(targets: ArrayLike) -> int:

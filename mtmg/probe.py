@@ -12,19 +12,24 @@ Protocol (after CLIP_benchmark's linear probe, with scikit-learn's logistic regr
   scored on the test features: top-1 accuracy, or macro AP (classes without positives in the test
   split left out, see :mod:`mtmg.metrics`);
 - few-shot: ``k`` training tiles per class drawn with a seed (multi-label: ``k`` tiles among those
-  where the class is positive, so a tile can serve several classes); validation and test stay whole.
+  where the class is positive, so a tile can serve several classes); validation and test stay whole;
+- two encoders are compared on the same test tiles by :func:`paired_difference`: the difference of
+  their scores with a 95 % paired-bootstrap interval over the test tiles (few-shot: the mean over draws
+  in each resample), so a gap of one or two tiles is not read as a result.
 
 :func:`run_probe` compares, on the same tiles of the profile's datasets, the aligned student on the
 MS view, patched and zero-shot CLIP on the RGB composite and the student's initial weights (the
-"before alignment" baseline); :func:`probe_table` turns its rows into the table of the book.
+"before alignment" baseline); :func:`probe_table` turns its rows into the table of the book and
+:func:`difference_table` its test scores into the student's gain over its initial weights.
 """
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,7 @@ class Split:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """Test score of the probe with the C chosen on validation."""
+    """Test score of the probe with the C chosen on validation, and its (N_test, C) decision scores."""
 
     metric: str
     value: float
@@ -75,6 +80,7 @@ class ProbeResult:
     val_value: float
     n_train: int
     n_test: int
+    test_scores: np.ndarray = field(repr=False, compare=False, default_factory=lambda: np.zeros((0, 0)))
 
 
 class _Standardiser:
@@ -144,9 +150,9 @@ def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs:
         if best is None or v > best[1] + 1e-12:
             best = (C, v, model)
     C, v, model = best
-    value = _score(_scores(model, xte, n_classes, multilabel), test.targets, multilabel)
-    return ProbeResult("macro_ap" if multilabel else "top1", float(value), float(C), float(v), len(train.targets),
-                       len(test.targets))
+    scores = _scores(model, xte, n_classes, multilabel)
+    return ProbeResult("macro_ap" if multilabel else "top1", float(_score(scores, test.targets, multilabel)),
+                       float(C), float(v), len(train.targets), len(test.targets), scores)
 
 
 def few_shot_indices(targets: np.ndarray, shots: int, seed: int) -> list[int]:
@@ -173,15 +179,56 @@ def few_shot_curve(train: Split, val: Split, test: Split, multilabel: bool, *, s
                    seeds: Sequence[int] = (0, 1, 2), Cs: Sequence[float] = DEFAULT_CS) -> list[dict]:
     """:func:`linear_probe` with ``k`` training items per class for each ``k`` in ``shots`` (``ALL``: the
     whole split, one fit) and each seed; one row per fit (shots, seed, metric, value, C, val_value, n_train,
-    n_test)."""
+    n_test, test_scores: the fit's (N_test, C) decision scores)."""
     rows = []
     for k in shots:
         for seed in (seeds[:1] if k == ALL else seeds):
             part = train if k == ALL else train.subset(few_shot_indices(train.targets, k, seed))
             r = linear_probe(part, val, test, multilabel, Cs=Cs, seed=seed)
             rows.append({"shots": k, "seed": seed, "metric": r.metric, "value": r.value, "C": r.C,
-                         "val_value": r.val_value, "n_train": r.n_train, "n_test": r.n_test})
+                         "val_value": r.val_value, "n_train": r.n_train, "n_test": r.n_test,
+                         "test_scores": r.test_scores})
     return rows
+
+
+def paired_difference(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray], targets: np.ndarray,
+                      multilabel: bool, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Score of encoder ``a`` minus score of encoder ``b`` on the same test items, with a 95 % paired
+    bootstrap interval: ``(difference, low, high)``.
+
+    ``scores_a`` and ``scores_b``: the (N, C) test scores of one or more fits each (few-shot draws); each
+    side's score is the mean over its fits. Every bootstrap resample draws N test items with replacement
+    and scores both encoders on the same items (multi-label: macro AP over the classes with a positive in
+    the resample, :func:`mtmg.metrics.resampled_macro_average_precision`), so the interval reflects how few
+    test items there are. Resamples are drawn in blocks of at most 2**23 draw counts (64 MiB).
+    """
+    if not scores_a or not scores_b:
+        raise ValueError("paired_difference: give at least one score array per encoder")
+    n = len(targets)
+    if any(len(s) != n for s in (*scores_a, *scores_b)):
+        raise ValueError(f"paired_difference: every score array needs one row per test item ({n})")
+    if multilabel:
+        def delta(counts: np.ndarray) -> np.ndarray:
+            a, b = ([metrics.resampled_macro_average_precision(s, targets, counts) for s in side]
+                    for side in (scores_a, scores_b))
+            return np.mean(a, axis=0) - np.mean(b, axis=0)
+    else:  # top-1: each item's hit rate over the fits, a's minus b's, weighted by the item's draws
+        hits = (np.mean([np.argmax(s, axis=1) == targets for s in scores_a], axis=0)
+                - np.mean([np.argmax(s, axis=1) == targets for s in scores_b], axis=0))
+
+        def delta(counts: np.ndarray) -> np.ndarray:
+            return counts @ hits / n
+
+    diff = float(delta(np.ones((1, n)))[0])
+    rng = np.random.default_rng(seed)
+    boot, block = [], max(1, 2 ** 23 // n)
+    for start in range(0, n_boot, block):
+        rows = min(block, n_boot - start)
+        drawn = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
+        boot.append(delta(counts))
+    low, high = np.nanpercentile(np.concatenate(boot), [2.5, 97.5])
+    return diff, float(low), float(high)
 
 
 # --- encoders of a profile --------------------------------------------------------------------------------
@@ -206,10 +253,13 @@ class ProbeConfig:
     Cs: tuple[float, ...] = DEFAULT_CS
     max_items: int | None = None
     seed: int = 0
+    bootstrap: int = 1000
 
 
 PROBE_CONFIG_FILE = "probe.yaml"
-FILES = ("results.csv",)
+SCORES_FILE = "test_scores.npz"
+DIFFERENCES_FILE = "differences.csv"
+FILES = ("results.csv", SCORES_FILE, DIFFERENCES_FILE)
 """The files a finished probe folder holds."""
 
 
@@ -270,7 +320,9 @@ def run_probe(prof: Any, patch_dir: Path, align_dir: Path, out_dir: Path, cfg: P
               ) -> pd.DataFrame:
     """The probe stage: embed train, validation and test splits of every dataset of ``cfg`` with the four
     encoders (patched and zero-shot towers of ``patch_dir``, the student of ``align_dir`` and its initial
-    weights) and run :func:`few_shot_curve` for each; writes ``results.csv`` (one row per fit)."""
+    weights) and run :func:`few_shot_curve` for each; writes ``results.csv`` (one row per fit) and
+    ``test_scores.npz`` (every fit's test scores and each dataset's test targets, see :func:`load_test_scores`)
+    and ``differences.csv`` (:func:`difference_table` with ``cfg.bootstrap`` resamples)."""
     from torch.utils.data import Subset
 
     from mtmg import checkpoint
@@ -294,7 +346,7 @@ def run_probe(prof: Any, patch_dir: Path, align_dir: Path, out_dir: Path, cfg: P
                 "clip_patched": patched, "clip_zeroshot": zeroshot}
     bands = read_band_metadata(align_dir)
     ms_tf = ms_resize(prof.align.ms_size)
-    frames = []
+    frames, arrays = [], {}
     for spec in cfg.datasets:
         spec = evaluation_spec(spec, bands)
         val, test = held_out(spec, bundle.preprocess_val, prof.align.carve, ms_tf)
@@ -310,17 +362,71 @@ def run_probe(prof: Any, patch_dir: Path, align_dir: Path, out_dir: Path, cfg: P
                 data = Subset(data, sorted(keep.tolist()))
             feats[split], _ = embed_views(encoders, data, device=dev, batch_size=prof.align.eval_batch_size,
                                           num_workers=prof.align.train.num_workers)
+        arrays[_scores_name(spec.name, "targets")] = feats["test"]["student"].targets
         for name in encoders:
             rows = few_shot_curve(feats["train"][name], feats["val"][name], feats["test"][name], multilabel,
                                   shots=cfg.shots, seeds=cfg.seeds, Cs=cfg.Cs)
-            frames.append(pd.DataFrame([{"dataset": spec.name, "model": name, "modality": ENCODERS[name][0], **r}
-                                        for r in rows]))
+            arrays.update({_scores_name(spec.name, name, r["shots"], r["seed"]): r["test_scores"] for r in rows})
+            frames.append(pd.DataFrame([{"dataset": spec.name, "model": name, "modality": ENCODERS[name][0],
+                                         **{k: v for k, v in r.items() if k != "test_scores"}} for r in rows]))
     results = pd.concat(frames, ignore_index=True)
     checkpoint.atomic_write_text(Path(out_dir) / "results.csv", results.to_csv(index=False))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    checkpoint.atomic_write_bytes(Path(out_dir) / SCORES_FILE, buffer.getvalue())
+    differences = difference_table(out_dir, n_boot=cfg.bootstrap)
+    checkpoint.atomic_write_text(Path(out_dir) / DIFFERENCES_FILE, differences.to_csv(index=False))
     checkpoint.atomic_write_text(Path(out_dir) / "probe.json", json.dumps(
         {"config": dataclasses.asdict(cfg), "patch_dir": str(patch_dir), "align_dir": str(align_dir)},
         indent=1, default=str) + "\n")
     return results
+
+
+def _scores_name(dataset: str, *parts: object) -> str:
+    return "/".join(str(p) for p in (dataset, *parts))
+
+
+def load_test_scores(folder: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a probe folder's ``test_scores.npz`` (no pickled objects are read): ``<dataset>/targets``
+    and ``<dataset>/<encoder>/<shots>/<seed>`` (shots 0: the whole training split)."""
+    path = Path(folder) / SCORES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no probe test scores; run the probe stage (python -m mtmg probe) first")
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def load_differences(folder: str | Path) -> pd.DataFrame:
+    """The ``differences.csv`` the probe stage wrote into ``folder`` (:func:`difference_table`'s columns)."""
+    path = Path(folder) / DIFFERENCES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no probe differences; run the probe stage (python -m mtmg probe) first")
+    return pd.read_csv(path)
+
+
+def difference_table(folder: str | Path, a: str = "student", b: str = "student_init", *, n_boot: int = 1000
+                     ) -> pd.DataFrame:
+    """Encoder ``a``'s probe score minus encoder ``b``'s (points), per dataset and training tiles per class,
+    with the 95 % paired-bootstrap interval over the test tiles (:func:`paired_difference`) and whether
+    the interval excludes zero."""
+    scores = load_test_scores(folder)
+    fits: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    for name, array in scores.items():
+        parts = name.split("/")
+        if len(parts) == 4:
+            fits.setdefault((parts[0], parts[1], int(parts[2])), []).append(array)
+    rows = []
+    for dataset in dict.fromkeys(name.split("/")[0] for name in scores):
+        targets = scores[_scores_name(dataset, "targets")]
+        for k in sorted({k for (d, m, k) in fits if d == dataset and m == a}, key=lambda k: (k == ALL, k)):
+            if (dataset, b, k) not in fits:
+                continue
+            diff, low, high = paired_difference(fits[dataset, a, k], fits[dataset, b, k], targets,
+                                                targets.ndim == 2, n_boot=n_boot)
+            rows.append({"dataset": dataset, "shots": "all" if k == ALL else f"{k} per class",
+                         "difference": round(100 * diff, 2), "low": round(100 * low, 2), "high": round(100 * high, 2),
+                         "n_test": len(targets), "clear": bool(low > 0 or high < 0)})
+    return pd.DataFrame(rows, columns=["dataset", "shots", "difference", "low", "high", "n_test", "clear"])
 
 
 def _loaded_like(template: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:

@@ -588,9 +588,24 @@ def _one_tile(part: pd.DataFrame) -> str:
     return f" The test split holds {n} tiles: one tile more or less moves a score by {100 / n:.1f} points."
 
 
-def summarize_probe(results: pd.DataFrame) -> str:
+def _resolved(differences: pd.DataFrame | None, dataset: str) -> str:
+    """Which differences between the student and its initial weights the test tiles resolve (95 % paired
+    bootstrap interval excluding zero)."""
+    if differences is None or differences.empty or dataset not in set(differences["dataset"]):
+        return ""
+    part = differences[differences["dataset"] == dataset]
+    clear = [f"{r.shots} ({r.difference:+.1f} points, 95 % interval {r.low:+.1f} to {r.high:+.1f})"
+             for r in part.itertuples() if r.clear]
+    unclear = [str(r.shots) for r in part.itertuples() if not r.clear]
+    return (" Differences the test tiles resolve (95 % paired-bootstrap interval excluding zero): "
+            + (", ".join(clear) if clear else "none")
+            + (f"; within noise: {', '.join(unclear)}." if unclear else "."))
+
+
+def summarize_probe(results: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
     """What the linear probe showed: per dataset, the four encoders with all training tiles and with one
-    per class, and whether alignment moved the student's probe above its initial weights'."""
+    per class, and whether alignment moved the student's probe above its initial weights'; with
+    ``differences`` (:func:`mtmg.probe.difference_table`), whether the test tiles can tell the two apart."""
     from mtmg.probe import ALL, ENCODERS
 
     text = []
@@ -608,5 +623,5 @@ def summarize_probe(results: pd.DataFrame) -> str:
                         f"({pct(full['student'])} vs {pct(full['student_init'])})"
                         + (f"; with one tile per class {pct(one['student'])} vs {pct(one['student_init'])}."
                            if "student" in one and "student_init" in one else ".")
-                        + _one_tile(part))
+                        + _one_tile(part) + _resolved(differences, dataset))
     return "Linear probe in this run:\n\n" + "\n".join(text)

@@ -80,7 +80,8 @@ def zeroshot_head(
     cache_dir: str | os.PathLike | None = None,
     dataset: str = "",
 ) -> ZeroShotHead:
-    """``build_zeroshot_head`` with a disk cache in ``cache_dir`` (None: no cache).
+    """``build_zeroshot_head`` with a disk cache in ``cache_dir`` (None: no cache). The head returned is
+    bit for bit the same whether it was built now or read from the cache.
 
     Cache files are ``head-<dataset>-<key[:16]>.pt`` holding a dict of tensors plus the full key (loaded
     with ``weights_only=True``); the key hashes model name, weights id, dataset, class names and templates.
@@ -89,7 +90,7 @@ def zeroshot_head(
     cache file is a cache miss: a warning names it, and the head is built and the file rewritten.
     """
     if cache_dir is None or bundle.weights == RANDOM_INIT:
-        return build_zeroshot_head(bundle, None, classnames, templates)
+        return _as_loaded(build_zeroshot_head(bundle, None, classnames, templates))
     key = head_cache_key(bundle.model_name, bundle.weights, dataset, classnames, templates)
     path = Path(cache_dir) / f"head-{_slug(dataset) or 'any'}-{key[:16]}.pt"
     device = next(bundle.model.parameters()).device
@@ -100,7 +101,14 @@ def zeroshot_head(
     checkpoint.atomic_save({"key": key, "weight": head.weight.cpu(), "logit_scale": head.logit_scale.cpu(),
                             "model": bundle.model_name, "weights": bundle.weights, "dataset": dataset,
                             "classnames": list(classnames), "templates": list(templates)}, path)
-    return head
+    return _as_loaded(head)
+
+
+def _as_loaded(head: ZeroShotHead) -> ZeroShotHead:
+    """The head as a later load of its cache file returns it. :class:`ZeroShotHead` normalises its weight,
+    and normalising unit rows again can move their last bit, so the head built now and the head read from
+    the cache would otherwise differ by rounding, and runs with and without a cached head would train apart."""
+    return ZeroShotHead(head.weight, head.logit_scale)
 
 
 def _valid_head(stored: object, key: str, num_classes: int) -> bool:

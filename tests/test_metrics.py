@@ -215,3 +215,24 @@ def test_empty_class_rule_is_a_parameter():
     assert metrics.classes_scored(targets) == 1
     with pytest.raises(ValueError, match="empty_class"):
         metrics.macro_average_precision(scores, targets, empty_class="one")
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_resampled_macro_ap_equals_ap_of_the_repeated_items(rng, ties):
+    n, c = 30, 4
+    scores = rng.normal(size=(n, c))
+    if ties:
+        scores = np.round(scores, 0)
+    targets = (rng.random((n, c)) < 0.3).astype(float)
+    targets[:, 3] = 0
+    targets[:2, 3] = 1  # a rare class: missing from some resamples, which then leave it out
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=25)
+    counts[0] = 1  # the items themselves
+    got = metrics.resampled_macro_average_precision(scores, targets, counts)
+    idx = [np.repeat(np.arange(n), row) for row in counts]
+    want = [metrics.macro_average_precision(scores[i], targets[i]) for i in idx]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[0] == pytest.approx(metrics.macro_average_precision(scores, targets))
+    assert any(not targets[i, 3].any() for i in idx)
+    with pytest.raises(ValueError, match="counts"):
+        metrics.resampled_macro_average_precision(scores, targets, counts[:, :5])

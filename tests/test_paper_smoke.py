@@ -242,4 +242,6 @@ def test_paper_profile_book_builds(world, books, name, monkeypatch):
     assert not report.alignment_scores(results).empty
     assert not report.gains_table(zeroshot, patched).empty
     assert not probe.probe_table(probes).empty
+    differences = pd.read_csv(pipeline.stage_folder(prof, "probe") / probe.DIFFERENCES_FILE)
+    assert set(differences["dataset"]) == set(probes["dataset"]) and differences["low"].notna().all()
     shutil.rmtree(base / "runs" / name)  # the largest files (CLIP towers) are not needed any more

@@ -79,3 +79,66 @@ def test_single_class_training_split_is_refused():
     train, val, test = _clusters(rng, 5)
     with pytest.raises(ValueError, match="single class"):
         probe.linear_probe(train.subset(range(5)), val, test, multilabel=False)
+
+
+def _one_hot_scores(predictions, n_classes):
+    return np.eye(n_classes)[np.asarray(predictions)]
+
+
+def test_probe_result_scores_reproduce_its_value():
+    rng = np.random.default_rng(5)
+    train, val, test = _clusters(rng, 10, spread=1.2)
+    result = probe.linear_probe(train, val, test, multilabel=False)
+    assert result.test_scores.shape == (len(test.targets), 5)
+    assert (result.test_scores.argmax(axis=1) == test.targets).mean() == result.value
+
+
+def test_paired_difference_of_one_tile_in_fifty_is_within_noise():
+    targets = np.arange(50) % 10
+    a = _one_hot_scores(targets, 10)
+    wrong = targets.copy()
+    wrong[:20] = (wrong[:20] + 1) % 10  # b misses 20 tiles, a misses 19 of them
+    b = _one_hot_scores(wrong, 10)
+    a_wrong = wrong.copy()
+    a_wrong[0] = targets[0]
+    diff, low, high = probe.paired_difference([_one_hot_scores(a_wrong, 10)], [b], targets, False)
+    assert diff == pytest.approx(0.02)
+    assert low <= 0 < high
+    diff, low, high = probe.paired_difference([a], [b], targets, False)  # 20 tiles apart
+    assert diff == pytest.approx(0.4) and 0 < low < 0.4 < high
+    assert probe.paired_difference([a], [a], targets, False) == (0.0, 0.0, 0.0)
+
+
+def test_paired_difference_averages_draws_and_handles_multilabel():
+    targets = np.arange(40) % 4
+    right, wrong = _one_hot_scores(targets, 4), _one_hot_scores((targets + 1) % 4, 4)
+    diff, _, _ = probe.paired_difference([right, wrong], [wrong], targets, False)
+    assert diff == pytest.approx(0.5)
+    rng = np.random.default_rng(6)
+    y = (rng.random((60, 3)) < 0.4).astype(float)
+    y[0] = 1
+    good = y + 0.1 * rng.normal(size=y.shape)
+    noise = rng.normal(size=y.shape)
+    diff, low, high = probe.paired_difference([good], [noise], y, True, n_boot=300)
+    assert diff > 0.3 and low > 0 and low <= diff <= high
+    with pytest.raises(ValueError, match="one row per test item"):
+        probe.paired_difference([good[:10]], [noise], y, True)
+
+
+def test_difference_table_reads_the_scores_file(tmp_path):
+    targets = np.arange(50) % 10
+    right, wrong = _one_hot_scores(targets, 10), _one_hot_scores((targets + 1) % 10, 10)
+    near = _one_hot_scores(np.where(np.arange(50) == 0, (targets + 1) % 10, targets), 10)
+    arrays = {"eurosat_ms/targets": targets, "eurosat_ms/student/0/0": right, "eurosat_ms/student_init/0/0": wrong,
+              "eurosat_ms/student/1/0": right, "eurosat_ms/student/1/1": right,
+              "eurosat_ms/student_init/1/0": near, "eurosat_ms/student_init/1/1": right}
+    np.savez(tmp_path / probe.SCORES_FILE, **arrays)
+    table = probe.difference_table(tmp_path)
+    assert list(table["shots"]) == ["1 per class", "all"]
+    one, full = table.iloc[0], table.iloc[1]
+    assert full["difference"] == 100.0 and full["clear"] and full["n_test"] == 50
+    assert one["difference"] == 1.0 and not one["clear"]
+    with pytest.raises(FileNotFoundError, match="python -m mtmg probe"):
+        probe.difference_table(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="python -m mtmg probe"):
+        probe.load_differences(tmp_path)

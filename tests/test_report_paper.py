@@ -62,6 +62,15 @@ def test_probe_table_and_summary():
     text = report.summarize_probe(results)
     assert "**above**" in text and "80.0 % vs 60.0 %" in text and "55.0 % vs 35.0 %" in text
     assert "40 tiles: one tile more or less moves a score by 2.5 points" in text
+    assert "resolve" not in text
+    differences = pd.DataFrame([
+        {"dataset": "eurosat_ms", "shots": "1 per class", "difference": 20.0, "low": 5.0, "high": 35.0,
+         "n_test": 40, "clear": True},
+        {"dataset": "eurosat_ms", "shots": "all", "difference": 2.5, "low": -5.0, "high": 10.0, "n_test": 40,
+         "clear": False}])
+    text = report.summarize_probe(results, differences)
+    assert "resolve (95 % paired-bootstrap interval excluding zero): 1 per class (+20.0 points" in text
+    assert "within noise: all." in text
 
 
 def test_probe_cli_rejects_a_malformed_data_root(capsys):

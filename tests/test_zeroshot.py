@@ -112,6 +112,18 @@ def test_cache_reuse_and_invalidation(bundle, tmp_path, monkeypatch):
         assert head.weight.shape[0] == len(args["classnames"])
 
 
+def test_head_built_now_equals_the_head_read_from_the_cache_bit_for_bit(bundle, tmp_path, monkeypatch):
+    # a head whose unit rows move in the last bit when normalised again (fp32 normalisation is not exact)
+    head = ZeroShotHead(torch.randn(len(CLASSNAMES), 128, generator=torch.Generator().manual_seed(1)), 100.0)
+    assert not torch.equal(ZeroShotHead(head.weight, head.logit_scale).weight, head.weight)
+    monkeypatch.setattr(zeroshot, "build_zeroshot_head", lambda *args, **kwargs: head)
+    built = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    loaded = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, dataset="eurosat_ms")
+    uncached = zeroshot.zeroshot_head(bundle, CLASSNAMES, TEMPLATES, cache_dir=None)
+    assert torch.equal(built.weight, loaded.weight) and torch.equal(built.weight, uncached.weight)
+    assert torch.equal(built.logit_scale, loaded.logit_scale)
+
+
 def test_random_weights_are_not_cached(bundle, tmp_path):
     random_bundle = dataclasses.replace(bundle, weights="random-init")
     zeroshot.zeroshot_head(random_bundle, CLASSNAMES, TEMPLATES, cache_dir=tmp_path)

@@ -9,7 +9,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "probe", help="linear probe of the aligned student and the CLIP towers on frozen embeddings",
         description="Fit logistic regressions on frozen embeddings of the train split (regularisation chosen on "
                     "validation) and score them on test: the aligned student on MS, its initial weights, patched "
-                    "and zero-shot CLIP on RGB, with 1, 2, 5 and all training tiles per class. Runs stages 1 and "
+                    "and zero-shot CLIP on RGB, with 1, 2, 5 and all training tiles per class, and the student's "
+                    "gain over its initial weights with a paired-bootstrap interval. Runs stages 1 and "
                     "2 of the profile first when the run store has no finished folders for them.")
     p.add_argument("--profile", default="default", help="profile name under configs/ or a profile folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
         roots[name] = path
     prof = load_profile(args.profile, device=args.device, data_roots=roots)
     results = pipeline.ensure_probe(prof, force=args.force)
+    folder = pipeline.probe_folder(prof)
     print(probe.probe_table(results).to_string())
-    print(f"results: {pipeline.probe_folder(prof) / 'results.csv'}")
+    print("\naligned student minus its initial weights (points; 95 % paired-bootstrap interval over the test tiles):")
+    print(probe.load_differences(folder).to_string(index=False))
+    print(f"results: {folder / 'results.csv'}")
     return 0
