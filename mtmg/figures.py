@@ -551,7 +551,9 @@ def gains_comparison(gains: pd.DataFrame, profile: str, title: str = "Gain from 
 
     ref = pd.DataFrame([vars(r) for r in PAPER_GAINS])
     theirs.bar_label(theirs.bar(np.arange(len(ref)), ref["value"], color="0.5"), fmt="%+.2f", fontsize="small")
-    theirs.set_xticks(np.arange(len(ref)), [d.replace("-", "-\n", 1) for d in ref["dataset"]], fontsize="small")
+    theirs.margins(y=0.1)
+    theirs.set_xticks(np.arange(len(ref)), list(ref["dataset"]), fontsize="small", rotation=30, ha="right",
+                      rotation_mode="anchor")
     theirs.set_xlabel("dataset")
     theirs.set_ylabel("reported gain (mAP or accuracy points)")
     theirs.set_title("Zavras et al., abstract (full data)")
@@ -681,6 +683,6 @@ def probe_curves(results: pd.DataFrame, title: str = "Linear probe: test score a
         ax.set_xlabel("training tiles per class")
         ax.set_ylabel(f"test {'macro AP' if part['metric'].iloc[0] == 'macro_ap' else 'top-1 accuracy'} (%)")
         ax.set_title(dataset)
-    axes[0].legend(fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="small")
     fig.suptitle(title)
     return fig
