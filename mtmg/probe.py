@@ -374,7 +374,7 @@ def run_probe(prof: Any, patch_dir: Path, align_dir: Path, out_dir: Path, cfg: P
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     checkpoint.atomic_write_bytes(Path(out_dir) / SCORES_FILE, buffer.getvalue())
-    differences = difference_table(out_dir, n_boot=cfg.bootstrap)
+    differences = difference_table(arrays, n_boot=cfg.bootstrap)
     checkpoint.atomic_write_text(Path(out_dir) / DIFFERENCES_FILE, differences.to_csv(index=False))
     checkpoint.atomic_write_text(Path(out_dir) / "probe.json", json.dumps(
         {"config": dataclasses.asdict(cfg), "patch_dir": str(patch_dir), "align_dir": str(align_dir)},
@@ -404,12 +404,12 @@ def load_differences(folder: str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def difference_table(folder: str | Path, a: str = "student", b: str = "student_init", *, n_boot: int = 1000
-                     ) -> pd.DataFrame:
+def difference_table(scores: str | Path | Mapping[str, np.ndarray], a: str = "student", b: str = "student_init",
+                     *, n_boot: int = 1000) -> pd.DataFrame:
     """Encoder ``a``'s probe score minus encoder ``b``'s (points), per dataset and training tiles per class,
     with the 95 % paired-bootstrap interval over the test tiles (:func:`paired_difference`) and whether
-    the interval excludes zero."""
-    scores = load_test_scores(folder)
+    the interval excludes zero. ``scores``: a probe folder, or the arrays :func:`load_test_scores` reads."""
+    scores = load_test_scores(scores) if isinstance(scores, (str, Path)) else scores
     fits: dict[tuple[str, str, int], list[np.ndarray]] = {}
     for name, array in scores.items():
         parts = name.split("/")
