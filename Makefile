@@ -24,9 +24,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	@# numba compiles umap's and pynndescent's cached functions on their first import, and the kernels that
-	@# mtmg.gap.import_umap adds to its cache on the first fit (about 35 s in all on 2 cores); it keeps them
+	@# mtmg.evaluation.gap.import_umap adds to its cache on the first fit (about 35 s in all on 2 cores); it keeps them
 	@# beside the package, like Python's bytecode: pay that here, not in chapter 4
-	$(PY) -c "from mtmg.gap import compile_umap; compile_umap()"
+	$(PY) -c "from mtmg.evaluation.gap import compile_umap; compile_umap()"
 	@touch $@
 
 unit: $(STAMP)
@@ -40,7 +40,7 @@ DONE := book/executed/.done-$(PROFILE)
 
 $(DONE): $(NOTEBOOKS) $(STAMP) $(SOURCES)
 	@rm -f book/executed/.done-*
-	$(PY) -m mtmg.notebook --into book/executed $(NOTEBOOKS) --profile $(PROFILE)
+	$(PY) -m mtmg.book.notebook --into book/executed $(NOTEBOOKS) --profile $(PROFILE)
 	@touch $@
 
 notebooks: $(DONE)

@@ -1,14 +1,14 @@
 """The two training steps of the paper profile (configs/paper), built from the library's parts with
 random weights and synthetic batches, for step timing and memory accounting.
 
-* patch: the whole CLIP model on the device (as ``mtmg.patching.run_patching`` loads it), its image
-  tower trained through a frozen zero-shot head with ``mtmg.losses.task_loss`` (the loss of
-  ``mtmg.patching.finetune``);
-* align: the whole CLIP model on the device (``mtmg.patching.load_patched``), its image tower as the
-  frozen teacher, the student of ``mtmg.student.build_student`` and the loss of
-  ``mtmg.alignment.make_loss``, with the teacher-embedding cache (paper setting) or without it.
+* patch: the whole CLIP model on the device (as ``mtmg.method.patching.run_patching`` loads it), its image
+  tower trained through a frozen zero-shot head with ``mtmg.method.losses.task_loss`` (the loss of
+  ``mtmg.method.patching.finetune``);
+* align: the whole CLIP model on the device (``mtmg.method.patching.load_patched``), its image tower as the
+  frozen teacher, the student of ``mtmg.models.student.build_student`` and the loss of
+  ``mtmg.method.alignment.make_loss``, with the teacher-embedding cache (paper setting) or without it.
 
-:func:`train_step` repeats the body of the loop in ``mtmg.training.fit``.
+:func:`train_step` repeats the body of the loop in ``mtmg.method.training.fit``.
 """
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ import torch
 from _common import ROOT
 from torch import nn
 
-from mtmg import prompts
-from mtmg.alignment import make_loss
-from mtmg.config import AlignConfig, ClipSpec, PatchConfig, TrainConfig, load_config
-from mtmg.datasets import dataset_class
-from mtmg.device import autocast
-from mtmg.losses import task_loss
-from mtmg.models import ZeroShotHead
-from mtmg.student import build_student
+from mtmg.core.config import AlignConfig, ClipSpec, PatchConfig, TrainConfig, load_config
+from mtmg.core.device import autocast
+from mtmg.data import prompts
+from mtmg.data.datasets import dataset_class
+from mtmg.method.alignment import make_loss
+from mtmg.method.losses import task_loss
+from mtmg.models.clip import ZeroShotHead
+from mtmg.models.student import build_student
 
 PATCH_YAML = ROOT / "configs" / "paper" / "patch.yaml"
 ALIGN_YAML = ROOT / "configs" / "paper" / "align.yaml"
@@ -135,7 +135,7 @@ def align_step(cfg: AlignConfig, device: torch.device, *, cache: bool = True, si
 
 
 def optimizer(step: Step) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
-    """AdamW over the trainable parameters, as ``mtmg.training.fit`` builds it."""
+    """AdamW over the trainable parameters, as ``mtmg.method.training.fit`` builds it."""
     params = [p for p in step.module.parameters() if p.requires_grad]
     t = step.train
     return torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay), params
@@ -143,7 +143,7 @@ def optimizer(step: Step) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
 
 def train_step(step: Step, model: nn.Module, opt: torch.optim.Optimizer, params: list[nn.Parameter],
                batch: dict[str, torch.Tensor], device: torch.device) -> float:
-    """One optimiser step, as in the loop of ``mtmg.training.fit`` (without scheduler and log)."""
+    """One optimiser step, as in the loop of ``mtmg.method.training.fit`` (without scheduler and log)."""
     with autocast(device):
         loss, _ = step.loss_fn(model, batch)
     if not torch.isfinite(loss):

@@ -2,17 +2,17 @@
 
     .venv/bin/python benchmarks/bench_align.py [--size 64] [--samples 48] [--batch 16] [--epochs 2] [--rounds 2]
 
-Runs ``mtmg.alignment.align`` itself (``AlignConfig.teacher_cache`` true or false, ``augment: none``
+Runs ``mtmg.method.alignment.align`` itself (``AlignConfig.teacher_cache`` true or false, ``augment: none``
 as in the paper profile) with the paper's architectures at random weights and a reduced input size:
 teacher = open_clip ViT-B-32 image tower (``force_image_size=--size``, QuickGELU as in the OpenAI
 weights of the paper), student = timm
 ``vit_small_patch16_224`` with 13 bands (``img_size=--size``, drop-path 0.2) built by
-``mtmg.student.build_student``. Data: the first ``--samples`` tiles of the shipped EuroSAT-MS train
+``mtmg.models.student.build_student``. Data: the first ``--samples`` tiles of the shipped EuroSAT-MS train
 split, held in memory (RGB through CLIP preprocessing at ``--size``, MS resized to ``--size``).
 
-Per-epoch times come from the training log that ``mtmg.training.fit`` writes (the first epoch, which
+Per-epoch times come from the training log that ``mtmg.method.training.fit`` writes (the first epoch, which
 holds the warm-up, is left out when there are more). The one-off cost of the cache is timed separately
-with ``mtmg.alignment.teacher_embeddings``, the function ``align`` calls to fill it. Runs alternate
+with ``mtmg.method.alignment.teacher_embeddings``, the function ``align`` calls to fill it. Runs alternate
 between the two settings, ``--rounds`` times.
 """
 from __future__ import annotations
@@ -32,12 +32,13 @@ import torch
 from _common import ROOT, footer, machine_header, setup_threads, table
 from torchvision.transforms import InterpolationMode, Resize
 
-from mtmg import alignment, prompts
-from mtmg.config import AlignConfig, StudentConfig, TrainConfig
-from mtmg.datasets import DatasetSubset, get_dataset
-from mtmg.student import build_student
-from mtmg.training import LOG, InMemoryDataset
-from mtmg.zeroshot import build_zeroshot_head
+from mtmg.core.config import AlignConfig, StudentConfig, TrainConfig
+from mtmg.data import prompts
+from mtmg.data.datasets import DatasetSubset, get_dataset
+from mtmg.method import alignment
+from mtmg.method.training import LOG, InMemoryDataset
+from mtmg.models.student import build_student
+from mtmg.models.zeroshot import build_zeroshot_head
 
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 CPU = torch.device("cpu")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_book.py [--threads N] [--no-write] [--keep DIR]
 
 Executes the notebooks of ``notebooks/`` (profile ``default``) exactly as ``make notebooks`` does, with
-``python -m mtmg.notebook --into DIR ...`` (papermill; one kernel for the notebooks of one command, each
+``python -m mtmg.book.notebook --into DIR ...`` (papermill; one kernel for the notebooks of one command, each
 from an empty namespace). Passes, all in one temporary run and cache folder (``MTMG_RUNS``,
 ``MTMG_CACHE``), so nothing computed earlier on this machine is reused:
 
@@ -45,7 +45,8 @@ START, END = "<!-- bench_book:start -->", "<!-- bench_book:end -->"
 def run(notebooks: list[Path], out_dir: Path, env: dict[str, str], threads: str | None) -> dict:
     """Execute ``notebooks`` in one command; returns its wall time, the load before and after, and each
     notebook's papermill duration. Raises with the command's output on failure."""
-    cmd = [sys.executable, "-m", "mtmg.notebook", "--into", str(out_dir), *map(str, notebooks), "--profile", "default"]
+    cmd = [sys.executable, "-m", "mtmg.book.notebook", "--into", str(out_dir), *map(str, notebooks),
+           "--profile", "default"]
     if threads is not None:
         cmd += ["-p", "threads", threads]
     before = load_average()
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         START,
         f"Measured {started.strftime('%Y-%m-%d %H:%M %Z')} by `benchmarks/bench_book.py` on {cpu_model()} "
         f"({os.cpu_count()} logical cores), Python {platform.python_version()}, torch {torch.__version__}; "
-        f"torch threads: {threads}. One row per command (`python -m mtmg.notebook --into ...`, as "
+        f"torch threads: {threads}. One row per command (`python -m mtmg.book.notebook --into ...`, as "
         "`make notebooks` runs them); its wall time includes starting Python and the kernel. Load average "
         "(1/5/15 min) before and after each command.",
         "",

@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/bench_eval.py [--samples 16] [--batch 8] [--rounds 6]
 
-Model: open_clip ViT-B-32 at 224 px with random weights (``mtmg.models.load_clip("ViT-B-32", None)``)
-and the EuroSAT zero-shot head built by ``mtmg.zeroshot.build_zeroshot_head``. Inputs: the first
+Model: open_clip ViT-B-32 at 224 px with random weights (``mtmg.models.clip.load_clip("ViT-B-32", None)``)
+and the EuroSAT zero-shot head built by ``mtmg.models.zeroshot.build_zeroshot_head``. Inputs: the first
 ``--samples`` tiles of the shipped EuroSAT-MS test split, preprocessed once by the bundle's
 ``preprocess_val`` and held in memory, served by one ``DataLoader`` that every contender iterates:
 
 * bare: ``model.encode_image`` -> L2 normalisation -> ``logit_scale * f @ W.T`` -> top-1;
-* ``mtmg.evaluation.evaluate_zeroshot`` on ``ImageClassifier(model.visual, head)``;
-* ``mtmg.embeddings.extract_embeddings`` on ``model.visual``, then the head.
+* ``mtmg.evaluation.scoring.evaluate_zeroshot`` on ``ImageClassifier(model.visual, head)``;
+* ``mtmg.evaluation.embeddings.extract_embeddings`` on ``model.visual``, then the head.
 
 The logits of the contenders are checked to agree before timing. Overhead = bare rate / mtmg rate - 1,
 from the medians over rounds (and from the best rounds). On a loaded machine the round-to-round noise
@@ -31,13 +31,13 @@ from _common import ROOT, footer, interleaved, machine_header, setup_threads, sp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mtmg import prompts
-from mtmg.datasets import DatasetSubset, get_dataset
-from mtmg.embeddings import extract_embeddings
-from mtmg.evaluation import evaluate_zeroshot
-from mtmg.models import ImageClassifier, ZeroShotHead, load_clip
-from mtmg.training import InMemoryDataset
-from mtmg.zeroshot import build_zeroshot_head
+from mtmg.data import prompts
+from mtmg.data.datasets import DatasetSubset, get_dataset
+from mtmg.evaluation.embeddings import extract_embeddings
+from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.method.training import InMemoryDataset
+from mtmg.models.clip import ImageClassifier, ZeroShotHead, load_clip
+from mtmg.models.zeroshot import build_zeroshot_head
 
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 BARE = "bare open_clip (encode_image, normalise, matmul)"

@@ -26,7 +26,7 @@ from _common import footer, machine_header, table
 from _paper import Step, align_step, optimizer, paper_configs, patch_step, train_step
 from torch.utils.flop_counter import FlopCounterMode
 
-from mtmg.device import autocast
+from mtmg.core.device import autocast
 
 GIB = 2**30
 # Dense bf16 tensor-core peaks from the vendor data sheets (TFLOP/s, no sparsity); first match wins.

@@ -23,7 +23,7 @@ import torch
 from _common import ROOT, footer, machine_header, setup_threads, table
 from _paper import Step, align_step, param_bytes, patch_step
 
-from mtmg.config import AlignConfig, PatchConfig, load_config
+from mtmg.core.config import AlignConfig, PatchConfig, load_config
 
 GIB = 2**30
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ A. Zero-shot classification, CLIP_benchmark against ``mtmg zeroshot``. The shipp
    reads images, so the RGB composites of those same shards are exported once with CLIP_benchmark's own
    ``convert_dataset`` as lossless PNG, with the same class names and templates. Both command lines then
    run in this process (the MiniCLIP open_clip config registered first) with the same weights file
-   (``mtmg.miniclip.ensure_miniclip``: the shipped MiniCLIP), fp32, batch ``--batch``, no worker
+   (``mtmg.method.miniclip.ensure_miniclip``: the shipped MiniCLIP), fp32, batch ``--batch``, no worker
    processes, a fresh zero-shot head each run: ``mtmg zeroshot --dataset shards`` and
    ``clip_benchmark eval --dataset wds/... --task zeroshot_classification --no_amp``. Timed: the whole
    command (model load, text head, every split). Checked before timing: the top-1 accuracy in both
@@ -43,14 +43,14 @@ import torch
 from _common import ROOT, footer, interleaved, machine_header, read_all, read_raw, spread, table
 from PIL import Image
 
-from mtmg import paths
 from mtmg.cli import main as mtmg_main
-from mtmg.datasets import get_dataset
-from mtmg.datasets.eurosat import EUROSAT_CLASSES
-from mtmg.miniclip import MODEL_CONFIG_DIR, MODEL_NAME, ensure_miniclip
-from mtmg.models import ImageClassifier, load_clip, register_model_config
-from mtmg.sentinel2 import EUROSAT_FILE_BANDS, to_ssl4eo
-from mtmg.zeroshot import build_zeroshot_head
+from mtmg.core import paths
+from mtmg.data.datasets import get_dataset
+from mtmg.data.datasets.eurosat import EUROSAT_CLASSES
+from mtmg.data.sentinel2 import EUROSAT_FILE_BANDS, to_ssl4eo
+from mtmg.method.miniclip import MODEL_CONFIG_DIR, MODEL_NAME, ensure_miniclip
+from mtmg.models.clip import ImageClassifier, load_clip, register_model_config
+from mtmg.models.zeroshot import build_zeroshot_head
 
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 SPLITS = ("train", "val", "test")

@@ -6,14 +6,14 @@ A. Data path: EuroSAT-MS samples per second through ``get_dataset("eurosat_ms", 
    tiles; checked read, band reorder, MS view, RGB composite) one by one and as DataLoader batches of
    32, and, as the reference that shows the cause, the former MS view written with torch operations
    (``torch.from_numpy(x).float() / 10000`` then ``clamp_``) on the same raw arrays.
-B. Fine-tuning (stage 1 of the default profile): ``mtmg.patching.finetune`` with
+B. Fine-tuning (stage 1 of the default profile): ``mtmg.method.patching.finetune`` with
    ``configs/default/patch.yaml`` (batch 32, D4 augmentation, tiles in memory) on the shipped train split;
    MiniCLIP-64 at random initialisation (the speed of a step does not depend on the weight values).
-C. Alignment (stage 2): ``mtmg.alignment.align`` with ``configs/default/align.yaml`` (13-band ViT student,
+C. Alignment (stage 2): ``mtmg.method.alignment.align`` with ``configs/default/align.yaml`` (13-band ViT student,
    batch 32, teacher-embedding cache, D4) and the same MiniCLIP image tower as teacher.
 
 B and C run ``--steps`` optimiser steps per run; seconds per step come from the ``seconds`` column of
-the training log that ``mtmg.training.fit`` writes, the first 4 steps (warm-up of the allocator and the
+the training log that ``mtmg.method.training.fit`` writes, the first 4 steps (warm-up of the allocator and the
 thread pool) left out. Every round runs each thread setting once, alternating, and prints the load
 average before and after: on a machine shared with other work, read the ratios of the same round.
 """
@@ -35,16 +35,16 @@ import torch
 from _common import ROOT, footer, load_average, machine_header, table
 from torch.utils.data import DataLoader
 
-from mtmg import prompts
-from mtmg.alignment import align
-from mtmg.config import AlignConfig, PatchConfig, load_config
-from mtmg.datasets import get_dataset
-from mtmg.miniclip import MODEL_CONFIG_DIR, MODEL_NAME
-from mtmg.models import load_clip, register_model_config
-from mtmg.patching import finetune
-from mtmg.student import build_student
-from mtmg.training import LOG, InMemoryDataset
-from mtmg.zeroshot import build_zeroshot_head
+from mtmg.core.config import AlignConfig, PatchConfig, load_config
+from mtmg.data import prompts
+from mtmg.data.datasets import get_dataset
+from mtmg.method.alignment import align
+from mtmg.method.miniclip import MODEL_CONFIG_DIR, MODEL_NAME
+from mtmg.method.patching import finetune
+from mtmg.method.training import LOG, InMemoryDataset
+from mtmg.models.clip import load_clip, register_model_config
+from mtmg.models.student import build_student
+from mtmg.models.zeroshot import build_zeroshot_head
 
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 CPU = torch.device("cpu")

@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/bench_tower.py [--model ViT-L-14] [--rounds 3]
 
-A random initialisation of ``--model`` (:func:`mtmg.models.random_init_file`, in a temporary cache) is the
+A random initialisation of ``--model`` (:func:`mtmg.models.clip.random_init_file`, in a temporary cache) is the
 checkpoint file. Rows, timed in turn within each round:
 
 * load, plain: ``open_clip.create_model_and_transforms(model, pretrained=file)``, which initialises the
   model at random and then replaces every weight with the file's;
-* load, mtmg: ``mtmg.models.load_clip(model, file)``, which skips the random draw
-  (:func:`mtmg.models.weights_loaded_later`) and identifies the weights by the file's content hash: once
+* load, mtmg: ``mtmg.models.clip.load_clip(model, file)``, which skips the random draw
+  (:func:`mtmg.models.clip.weights_loaded_later`) and identifies the weights by the file's content hash: once
   with the hash computed (the first load of a file in a process), once with it kept from before;
 * interpolate, plain: ``visual.load_state_dict(interpolate_state_dicts(zs, ft, 0.5))``;
 * interpolate, mtmg: ``load_interpolated(visual, zs, ft, 0.5)`` (the sweep of stage 1), checked bit for bit
@@ -30,8 +30,8 @@ import open_clip
 import torch
 from _common import footer, machine_header, setup_threads, table
 
-from mtmg import models
-from mtmg.patching import interpolate_state_dicts, load_interpolated
+from mtmg.method.patching import interpolate_state_dicts, load_interpolated
+from mtmg.models import clip as models
 
 
 def _seconds(fn) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtmg.config import DataSpec
+from mtmg.core.config import DataSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 EUROSAT_SAMPLE = ROOT / "data" / "eurosat_ms_sample"
@@ -51,7 +51,7 @@ def eurosat_copy(tmp_path) -> Path:
 
 def random_clip():
     """MiniCLIP-64 with random weights (seeded), without warnings about them."""
-    from mtmg.models import load_clip
+    from mtmg.models.clip import load_clip
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

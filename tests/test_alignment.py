@@ -9,11 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mtmg import alignment, checkpoint, cli, losses, tasks
-from mtmg.config import AlignConfig, StudentConfig, TrainConfig
-from mtmg.models import ZeroShotHead, load_clip
-from mtmg.student import build_student
-from mtmg.training import InMemoryDataset
+from mtmg import cli
+from mtmg.core import checkpoint
+from mtmg.core.config import AlignConfig, StudentConfig, TrainConfig
+from mtmg.data import tasks
+from mtmg.method import alignment, losses
+from mtmg.method.training import InMemoryDataset
+from mtmg.models.clip import ZeroShotHead, load_clip
+from mtmg.models.student import build_student
 
 from conftest import EUROSAT, ROOT
 
@@ -203,8 +206,8 @@ cache_dir: {tmp_path / 'cache'}
 def test_stage_2_imports_nothing_from_stage_1_but_load_patched():
     import ast
 
-    tree = ast.parse((ROOT / "mtmg" / "alignment.py").read_text())
+    tree = ast.parse((ROOT / "mtmg" / "method" / "alignment.py").read_text())
     from_patching = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                     and node.module == "mtmg.patching" for alias in node.names]
+                     and node.module == "mtmg.method.patching" for alias in node.names]
     plain = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-    assert from_patching == ["load_patched"] and "mtmg.patching" not in plain
+    assert from_patching == ["load_patched"] and "mtmg.method.patching" not in plain

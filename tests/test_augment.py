@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mtmg.augment import random_resized_crop
-from mtmg.config import AlignConfig
+from mtmg.core.config import AlignConfig
+from mtmg.data.augment import random_resized_crop
 
 
 def _item():
@@ -38,7 +38,7 @@ def test_views_get_independent_boxes_and_seed_reproduces():
 
 
 def test_stage2_accepts_rrc_only_without_teacher_cache():
-    from mtmg.alignment import check_supported
+    from mtmg.method.alignment import check_supported
 
     check_supported(AlignConfig(augment="rrc", teacher_cache=False))
     with pytest.raises(ValueError, match="teacher_cache"):

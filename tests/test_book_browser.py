@@ -103,7 +103,7 @@ def test_page_renders_offline(browser, page_path):
 
         solutions = page.locator(".solution")
         if solutions.count():
-            from mtmg.teaching import EXERCISES, SOLUTIONS_DOC
+            from mtmg.book.teaching import EXERCISES, SOLUTIONS_DOC
 
             assert page_path.stem == SOLUTIONS_DOC, f"{page_path.name}: solutions belong on {SOLUTIONS_DOC}"
             assert solutions.count() == len(EXERCISES), (
@@ -132,7 +132,7 @@ def test_book_pages_were_found():
 
 
 def test_chapters_have_exercises_and_an_interactive_map(browser):
-    from mtmg.teaching import SOLUTIONS_DOC
+    from mtmg.book.teaching import SOLUTIONS_DOC
 
     counts = {}
     for page_path in _pages():

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mtmg import checkpoint
-from mtmg.augment import d4, random_d4
-from mtmg.config import AlignConfig, PatchConfig, TrainConfig, from_dict, load_config
-from mtmg.training import EpochSampler, fit, warmup_cosine
+from mtmg.core import checkpoint
+from mtmg.core.config import AlignConfig, PatchConfig, TrainConfig, from_dict, load_config
+from mtmg.data.augment import d4, random_d4
+from mtmg.method.training import EpochSampler, fit, warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,7 +254,7 @@ def test_corrupt_cache_file_is_a_warned_miss(tmp_path):
 
 
 def test_corrupt_teacher_cache_is_rebuilt(tmp_path):
-    from mtmg.alignment import cached_teacher_embeddings
+    from mtmg.method.alignment import cached_teacher_embeddings
 
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(48, 5))
     data = [{"rgb": x} for x in _Toy().x[:6]]

@@ -2,8 +2,8 @@
 import pytest
 
 from mtmg.cli import main
-from mtmg.errors import ArgumentError
-from mtmg.paths import PROJECT_ROOT
+from mtmg.core.errors import ArgumentError
+from mtmg.core.paths import PROJECT_ROOT
 
 PATCH_CONFIG = PROJECT_ROOT / "configs" / "default" / "patch.yaml"
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mtmg.cli import main
-from mtmg.datasets import get_dataset
-from mtmg.paths import DATA_DIR
+from mtmg.core.paths import DATA_DIR
+from mtmg.data.datasets import get_dataset
 
 ROOT = DATA_DIR / "eurosat_ms_sample"
 

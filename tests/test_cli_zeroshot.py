@@ -10,10 +10,10 @@ import open_clip
 import pytest
 import torch
 
-from mtmg import prompts
 from mtmg.cli import main
-from mtmg.datasets import get_dataset
-from mtmg.models import load_clip, register_model_config
+from mtmg.data import prompts
+from mtmg.data.datasets import get_dataset
+from mtmg.models.clip import load_clip, register_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "model_configs" / "TinyCLIP-test.json"

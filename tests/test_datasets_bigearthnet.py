@@ -9,8 +9,9 @@ import pytest
 import rasterio
 import torch
 
-from mtmg import prompts
-from mtmg.datasets import (
+from mtmg.core.paths import DATA_DIR
+from mtmg.data import prompts
+from mtmg.data.datasets import (
     DatasetNotFoundError,
     InvalidSampleError,
     LabelError,
@@ -18,7 +19,7 @@ from mtmg.datasets import (
     ShapeError,
     get_dataset,
 )
-from mtmg.datasets.bigearthnet import (
+from mtmg.data.datasets.bigearthnet import (
     CLASSES_19,
     CLASSES_43,
     LABEL_CONVERTER_43_TO_5,
@@ -26,8 +27,7 @@ from mtmg.datasets.bigearthnet import (
     LEVEL1_CLASSES,
     native_size,
 )
-from mtmg.paths import DATA_DIR
-from mtmg.sentinel2 import BIGEARTHNET_S2_BANDS, band_index, rgb_composite
+from mtmg.data.sentinel2 import BIGEARTHNET_S2_BANDS, band_index, rgb_composite
 
 SAMPLE = DATA_DIR / "bigearthnet_sample"
 V1 = SAMPLE / "v1"

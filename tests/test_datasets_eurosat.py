@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from rasterio.transform import Affine
 
-from mtmg import prompts
-from mtmg.datasets import (
+from mtmg.core.paths import DATA_DIR
+from mtmg.data import prompts
+from mtmg.data.datasets import (
     BandCountError,
     CorruptFileError,
     DatasetNotFoundError,
@@ -23,10 +24,9 @@ from mtmg.datasets import (
     UnknownClassError,
     get_dataset,
 )
-from mtmg.datasets import eurosat as eurosat_module
-from mtmg.datasets.eurosat import EUROSAT_CLASSES, sample_split
-from mtmg.paths import DATA_DIR
-from mtmg.sentinel2 import EUROSAT_FILE_BANDS, ms_view, rgb_composite, to_ssl4eo
+from mtmg.data.datasets import eurosat as eurosat_module
+from mtmg.data.datasets.eurosat import EUROSAT_CLASSES, sample_split
+from mtmg.data.sentinel2 import EUROSAT_FILE_BANDS, ms_view, rgb_composite, to_ssl4eo
 
 MS = DATA_DIR / "eurosat_ms_sample"
 SPLITS = DATA_DIR / "splits"

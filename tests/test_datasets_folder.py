@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mtmg import prompts
-from mtmg.datasets import (
+from mtmg.core.paths import DATA_DIR
+from mtmg.data import prompts
+from mtmg.data.datasets import (
     DATASET_NAMES,
     CorruptFileError,
     DatasetNotFoundError,
@@ -18,8 +19,7 @@ from mtmg.datasets import (
     dataset_class,
     get_dataset,
 )
-from mtmg.datasets.folder import RESISC45_CLASSES
-from mtmg.paths import DATA_DIR
+from mtmg.data.datasets.folder import RESISC45_CLASSES
 
 
 def _image(path: Path, value: int, size: int = 16) -> None:
@@ -130,7 +130,7 @@ def test_broken_symbolic_link_in_a_class_folder_is_listed_when_skipped(folder_ro
 
 
 def test_unknown_dataset_is_an_argument_error():
-    from mtmg.errors import ArgumentError
+    from mtmg.core.errors import ArgumentError
 
     with pytest.raises(ArgumentError, match="unknown dataset 'eurosat'; expected one of eurosat_ms, "):
         get_dataset("eurosat", DATA_DIR / "eurosat_ms_sample", "train")

@@ -7,10 +7,10 @@ import rasterio
 import torch
 from rasterio.transform import Affine
 
-from mtmg import prompts
-from mtmg.datasets import BandCountError, DatasetNotFoundError, LabelError, MissingFileError, get_dataset
-from mtmg.datasets.sen12ms import IGBP_TO_SIMPLIFIED, SEN12MS_CLASSES
-from mtmg.sentinel2 import ms_view
+from mtmg.data import prompts
+from mtmg.data.datasets import BandCountError, DatasetNotFoundError, LabelError, MissingFileError, get_dataset
+from mtmg.data.datasets.sen12ms import IGBP_TO_SIMPLIFIED, SEN12MS_CLASSES
+from mtmg.data.sentinel2 import ms_view
 
 SIDE = 256
 
@@ -107,7 +107,7 @@ def test_bad_inputs(root, tmp_path):
 
 
 def test_b10_zeroed_on_request_and_composite_selectable(root):
-    from mtmg.sentinel2 import band_index, rgb_composite
+    from mtmg.data.sentinel2 import band_index, rgb_composite
 
     real = get_dataset("sen12ms", root, "test")
     zeroed = get_dataset("sen12ms", root, "test", b10="zero")
@@ -128,9 +128,9 @@ def test_b10_zeroed_on_request_and_composite_selectable(root):
 
 
 def test_student_trained_without_b10_reads_sen12ms_without_it(root):
-    from mtmg.config import DataSpec
-    from mtmg.sentinel2 import band_index
-    from mtmg.student import band_metadata, evaluation_spec
+    from mtmg.core.config import DataSpec
+    from mtmg.data.sentinel2 import band_index
+    from mtmg.models.student import band_metadata, evaluation_spec
 
     def reader(level):
         return type("Reader", (), {"level": level})()

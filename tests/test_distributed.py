@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from mtmg.config import TrainConfig
-from mtmg.training import fit
+from mtmg.core.config import TrainConfig
+from mtmg.method.training import fit
 
 # 21 items in batches of 8: the last batch of each epoch (5 items) splits unevenly, 2 + 3.
 # A large eps makes Adam's step depend on the gradient's scale, so a sum over ranks instead of a mean shows.

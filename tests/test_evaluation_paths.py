@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mtmg import alignment, embeddings, patching, tasks
-from mtmg.config import DataSpec
-from mtmg.evaluation import evaluate_zeroshot
-from mtmg.models import ImageClassifier, load_clip, register_model_config
+from mtmg.core.config import DataSpec
+from mtmg.data import tasks
+from mtmg.evaluation import embeddings
+from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.method import alignment, patching
+from mtmg.models.clip import ImageClassifier, load_clip, register_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = DataSpec(name="eurosat_ms", root=str(REPO / "data" / "eurosat_ms_sample"))

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtmg.report import BANNER_TITLE
+from mtmg.book.report import BANNER_TITLE
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CHAPTERS = SOURCES[:5]
-SOLUTIONS = ROOT / "notebooks" / "06_exercise_solutions.ipynb"
+SOLUTIONS = ROOT / "notebooks" / "07_exercise_solutions.ipynb"
 EXECUTED_DIR = ROOT / "book" / "executed"
 MIN_SIDE = 100  # pixels
 
@@ -122,7 +122,7 @@ def test_source_hides_set_up_and_takes_overrides(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_has_its_exercises_each_linked_to_its_solution(path):
-    from mtmg import teaching
+    from mtmg.book import teaching
 
     text = "\n".join(c.source for c in nb_cells(path) if c.cell_type == "markdown")
     assert "{solution}" not in text, f"{path.name}: solutions belong on {SOLUTIONS.name}, not in the chapter"
@@ -133,7 +133,7 @@ def test_chapter_has_its_exercises_each_linked_to_its_solution(path):
 
 
 def test_solutions_page_has_every_solution_toggled_and_glued_from_its_run():
-    from mtmg import teaching
+    from mtmg.book import teaching
 
     text = "\n".join(c.source for c in nb_cells(SOLUTIONS) if c.cell_type == "markdown")
     for ex in teaching.EXERCISES:
@@ -164,7 +164,7 @@ def _glued(nb) -> dict[str, str]:
 
 @pytest.mark.parametrize("path", _executed(), ids=lambda p: p.stem)
 def test_executed_notebook_hides_injected_parameters_and_glues_its_teaching_frame(path):
-    from mtmg import teaching
+    from mtmg.book import teaching
 
     assert path.is_file(), f"{path} is missing; run `make notebooks` first"
     nb = nbformat.read(path, as_version=4)

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtmg import figures
+from mtmg.book import figures
 
 
 def _texts(fig):

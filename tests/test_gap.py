@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtmg import gap
+from mtmg.evaluation import gap
 
 D = 16
 C = 0.6  # cosine of every embedding with +e0 (x side) or -e0 (y side)
@@ -194,7 +194,7 @@ def test_umap_layout_is_identical_across_runs():
 
 _KERNEL_COMPILES = """
 import importlib, json
-from mtmg import gap
+from mtmg.evaluation import gap
 gap.compile_umap()
 stats = {f"{m}.{n}": dict(getattr(importlib.import_module(m), n).stats.cache_misses)
          for m, n in gap.UMAP_UNCACHED_KERNELS}

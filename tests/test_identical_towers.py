@@ -4,7 +4,7 @@ cosine is 1 up to rounding."""
 import numpy as np
 from matplotlib.figure import Figure
 
-from mtmg import figures
+from mtmg.book import figures
 
 
 def test_cosine_histogram_of_values_equal_up_to_rounding():

@@ -1,7 +1,7 @@
 """Learning checks of the embedded default profile: each stage must do what the method says it does.
 
 The whole default profile runs once (shipped MiniCLIP weights, PAINT patching with the alpha sweep,
-alignment of the 13-band student) with the profile's fixed seed, through the same ``mtmg.pipeline``
+alignment of the 13-band student) with the profile's fixed seed, through the same ``mtmg.runs.pipeline``
 functions the book uses, writing to ``runs/default`` so the notebooks reuse the run. MiniCLIP itself is
 pretrained from scratch once and compared with the shipped weights, so they stay reproducible.
 
@@ -17,7 +17,8 @@ with the wrong sign) is expected to pull the compared quantity towards chance le
 """
 import pytest
 
-from mtmg import miniclip, pipeline, profiles
+from mtmg.method import miniclip
+from mtmg.runs import pipeline, profiles
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import torch
 import torchmetrics.functional.classification as tmc
 from sklearn import metrics as skm
 
-from mtmg import metrics
+from mtmg.evaluation import metrics
 
 
 @pytest.fixture

@@ -11,10 +11,17 @@ import open_clip
 import pytest
 import torch
 
-from mtmg import miniclip
-from mtmg.miniclip import MODEL_NAME, MiniClipConfig, encode_text, ensure_miniclip, miniclip_path, pretrain_miniclip
-from mtmg.models import load_clip, register_model_config
-from mtmg.synthetic import scene
+from mtmg.data.synthetic import scene
+from mtmg.method import miniclip
+from mtmg.method.miniclip import (
+    MODEL_NAME,
+    MiniClipConfig,
+    encode_text,
+    ensure_miniclip,
+    miniclip_path,
+    pretrain_miniclip,
+)
+from mtmg.models.clip import load_clip, register_model_config
 
 TINY = MiniClipConfig(num_scenes=32, batch_size=16, steps=16, warmup_steps=2, seed=1)
 

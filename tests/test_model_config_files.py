@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from mtmg import pipeline, probe
-from mtmg.config import ClipSpec
-from mtmg.errors import ArgumentError
-from mtmg.models import load_clip
-from mtmg.profiles import load_profile
-from mtmg.tasks import clip_identity
+from mtmg.core.config import ClipSpec
+from mtmg.core.errors import ArgumentError
+from mtmg.data.tasks import clip_identity
+from mtmg.evaluation import probe
+from mtmg.models.clip import load_clip
+from mtmg.runs import pipeline
+from mtmg.runs.profiles import load_profile
 
 TINY_CONFIG = Path(__file__).parent / "model_configs" / "TinyCLIP-test.json"
 

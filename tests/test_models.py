@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mtmg.device import autocast, resolve_device
-from mtmg.models import (
+from mtmg.core.device import autocast, resolve_device
+from mtmg.models.clip import (
     RANDOM_INIT,
     ImageClassifier,
     WeightsFileError,
@@ -210,8 +210,8 @@ def test_devices():
 
 
 def test_random_init_file_is_drawn_once_per_seed_and_leaves_the_global_generator(tmp_path, tiny_name):
-    from mtmg.config import ClipSpec
-    from mtmg.tasks import clip_source
+    from mtmg.core.config import ClipSpec
+    from mtmg.data.tasks import clip_source
 
     state = torch.random.get_rng_state()
     path = random_init_file(tiny_name, tmp_path)

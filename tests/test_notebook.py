@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from mtmg import notebook
+from mtmg.book import notebook
 
 
 def _write(path, *sources):

@@ -23,12 +23,14 @@ import rasterio
 from PIL import Image
 from rasterio.transform import Affine
 
-from mtmg import pipeline, probe, report, stages
-from mtmg.alignment import AlignResult
-from mtmg.datasets.folder import RESISC45_CLASSES
-from mtmg.notebook import execute_notebooks
-from mtmg.patching import PatchResult
-from mtmg.profiles import load_profile
+from mtmg.book import report
+from mtmg.book.notebook import execute_notebooks
+from mtmg.data.datasets.folder import RESISC45_CLASSES
+from mtmg.evaluation import probe
+from mtmg.method.alignment import AlignResult
+from mtmg.method.patching import PatchResult
+from mtmg.runs import pipeline, stages
+from mtmg.runs.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

@@ -16,11 +16,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from mtmg import checkpoint, patching, tasks
-from mtmg.config import ClipSpec, DataSpec, PatchConfig, TrainConfig
-from mtmg.models import ZeroShotHead, load_clip
-from mtmg.patching import EvalTask, interpolate_state_dicts, load_interpolated, select_alpha, sweep
-from mtmg.training import InMemoryDataset
+from mtmg.core import checkpoint
+from mtmg.core.config import ClipSpec, DataSpec, PatchConfig, TrainConfig
+from mtmg.data import tasks
+from mtmg.method import patching
+from mtmg.method.patching import EvalTask, interpolate_state_dicts, load_interpolated, select_alpha, sweep
+from mtmg.method.training import InMemoryDataset
+from mtmg.models.clip import ZeroShotHead, load_clip
 
 from conftest import EUROSAT, ROOT
 
@@ -209,8 +211,8 @@ def test_sweep_reads_test_splits_only_after_selecting(monkeypatch):
 
 
 def test_paint_augmentation_is_reproducible_per_item_seed():
-    from mtmg.augment import paint_train_transform
-    from mtmg.training import SeededDataset
+    from mtmg.data.augment import paint_train_transform
+    from mtmg.method.training import SeededDataset
 
     data = SeededDataset(tasks.open_split(EUROSAT, "train", paint_train_transform(64, (0.5,) * 3, (0.25,) * 3)))
     a, b, c = data[(7, 1234)], data[(7, 1234)], data[(7, 99)]
@@ -256,10 +258,12 @@ CHILD = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     from pathlib import Path
-    from mtmg import checkpoint, patching, tasks
-    from mtmg.config import DataSpec, PatchConfig, TrainConfig
-    from mtmg.models import ZeroShotHead, load_clip
-    from mtmg.training import InMemoryDataset
+    from mtmg.core import checkpoint
+    from mtmg.method import patching
+    from mtmg.data import tasks
+    from mtmg.core.config import DataSpec, PatchConfig, TrainConfig
+    from mtmg.models.clip import ZeroShotHead, load_clip
+    from mtmg.method.training import InMemoryDataset
 
     out, slow, resume = Path(sys.argv[1]), sys.argv[2] == "slow", sys.argv[3] == "resume"
     warnings.simplefilter("ignore")

@@ -14,10 +14,13 @@ import pytest
 import torch
 import yaml
 
-from mtmg import alignment, checkpoint, cli, paths, pipeline, runstore
-from mtmg.config import save_config
-from mtmg.profiles import load_profile, override
-from mtmg.views import embedding_sets
+from mtmg import cli
+from mtmg.book.views import embedding_sets
+from mtmg.core import checkpoint, paths, runstore
+from mtmg.core.config import save_config
+from mtmg.method import alignment
+from mtmg.runs import pipeline
+from mtmg.runs.profiles import load_profile, override
 
 from conftest import ROOT, TINY
 
@@ -56,8 +59,8 @@ class FakeStages:
 @pytest.fixture
 def fake(monkeypatch):
     stages = FakeStages()
-    monkeypatch.setattr("mtmg.patching._patch", stages.patch)
-    monkeypatch.setattr("mtmg.alignment._align", stages.align)
+    monkeypatch.setattr("mtmg.method.patching._patch", stages.patch)
+    monkeypatch.setattr("mtmg.method.alignment._align", stages.align)
     return stages
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mtmg import probe
-from mtmg.probe import Split
+from mtmg.evaluation import probe
+from mtmg.evaluation.probe import Split
 
 
 def _clusters(rng, n_per_class, n_classes=5, dim=16, spread=0.3):

@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-from mtmg import pipeline, profiles
-from mtmg.config import AlignConfig, PatchConfig, TrainConfig, load_config
-from mtmg.errors import ConfigError
+from mtmg.core.config import AlignConfig, PatchConfig, TrainConfig, load_config
+from mtmg.core.errors import ConfigError
+from mtmg.runs import pipeline, profiles
 
 pytestmark = pytest.mark.usefixtures("isolated")
 

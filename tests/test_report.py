@@ -1,4 +1,4 @@
-"""Tables, summaries, banner and reference numbers of mtmg.report, and the figures of mtmg.figures,
+"""Tables, summaries, banner and reference numbers of mtmg.book.report, and the figures of mtmg.book.figures,
 on small constructed results."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mtmg import figures, report
-from mtmg.config import PatchConfig
+from mtmg.book import figures, report
+from mtmg.core.config import PatchConfig
 
 
 def _entry(dataset, role, value, per_class, cm=None, multilabel=False, root=""):
@@ -198,7 +198,7 @@ def test_gap_tables_and_summary():
     cross = report.cross_model_gaps(zs, patched, ms)
     assert cross.loc["RGB patched ↔ MS student", "centroid gap"] < cross.loc["RGB zero-shot ↔ MS student",
                                                                             "centroid gap"]
-    from mtmg.gap import paired_cosine, summarize
+    from mtmg.evaluation.gap import paired_cosine, summarize
 
     summary = report.summarize_gap(gaps, summarize(paired_cosine(zs, patched)), cross)
     assert "is closer to the patched tower" in summary and f"{gaps.iloc[2]['gap_rgb_ms']:.3f}" in summary
@@ -261,7 +261,7 @@ def test_figures_render():
     tiles = [_Tile(i, f"C{i}") for i in range(3)]
     _check(figures.tile_views(tiles))
     spectra = pd.DataFrame(np.random.default_rng(0).random((3, 13)), index=["a", "b", "c"],
-                           columns=list(__import__("mtmg.sentinel2").sentinel2.SSL4EO_BANDS))
+                           columns=list(__import__("mtmg.data.sentinel2").sentinel2.SSL4EO_BANDS))
     _check(figures.class_spectra(spectra))
     _check(figures.zeroshot_scores(report.zeroshot_table(ZEROSHOT)))
     entry = ZEROSHOT["datasets"][0]
@@ -297,7 +297,7 @@ def test_false_colour_puts_near_infrared_in_red():
 
 
 def test_retrieval_examples_figure_marks_hits():
-    from mtmg.views import RetrievalExample
+    from mtmg.book.views import RetrievalExample
 
     tiles = {f"C{i}": _Tile(i, f"C{i}") for i in range(4)}
     ex = [RetrievalExample("C0", 0, ["C0", "C1", "C2"], [0, 1, 0], [0.9, 0.5, 0.4], 0)]

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtmg import probe, report
+from mtmg.book import report
+from mtmg.evaluation import probe
 
 
 def _embeddings(n=300, c=6, seed=0):

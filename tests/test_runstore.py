@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from mtmg import patching, runstore
-from mtmg.config import DataSpec, PatchConfig, TrainConfig
-from mtmg.profiles import override
-from mtmg.training import fit
+from mtmg.core import runstore
+from mtmg.core.config import DataSpec, PatchConfig, TrainConfig
+from mtmg.method import patching
+from mtmg.method.training import fit
+from mtmg.runs.profiles import override
 
 from conftest import EUROSAT, ROOT
 
@@ -94,7 +95,7 @@ def test_a_failed_run_leaves_no_status_and_a_finished_one_records_its_key(tmp_pa
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from mtmg import runstore
+    from mtmg.core import runstore
     with runstore.locked(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(120)
@@ -183,8 +184,9 @@ def test_patch_resume_identity_covers_augmentation_data_and_weights(eurosat_copy
 
 
 def test_miniclip_identity_follows_the_weights_file_it_would_load(tmp_path, monkeypatch):
-    from mtmg import miniclip, tasks
-    from mtmg.config import ClipSpec
+    from mtmg.core.config import ClipSpec
+    from mtmg.data import tasks
+    from mtmg.method import miniclip
 
     monkeypatch.setattr(miniclip, "SHIPPED_DIR", tmp_path / "nothing shipped")
     spec, cache = ClipSpec(), tmp_path / "cache"

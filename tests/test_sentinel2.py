@@ -7,8 +7,8 @@ import rasterio
 import torch
 from PIL import Image
 
-from mtmg import sentinel2 as s2
-from mtmg.paths import DATA_DIR
+from mtmg.core.paths import DATA_DIR
+from mtmg.data import sentinel2 as s2
 
 MS = DATA_DIR / "eurosat_ms_sample"
 RGB = DATA_DIR / "eurosat_rgb_sample"

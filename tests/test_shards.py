@@ -11,8 +11,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from mtmg import prompts
-from mtmg.datasets import (
+from mtmg.core.paths import DATA_DIR
+from mtmg.data import prompts
+from mtmg.data.datasets import (
     CorruptFileError,
     DatasetNotFoundError,
     DTypeError,
@@ -21,8 +22,7 @@ from mtmg.datasets import (
     get_dataset,
     write_shards,
 )
-from mtmg.datasets.shards import webdataset_pipeline
-from mtmg.paths import DATA_DIR
+from mtmg.data.datasets.shards import webdataset_pipeline
 
 MS = DATA_DIR / "eurosat_ms_sample"
 BEN = DATA_DIR / "bigearthnet_sample" / "v1"
@@ -262,7 +262,7 @@ def test_an_interrupted_write_keeps_the_previous_split(eurosat_shards, tmp_path,
             raise Interrupted
         return original(self, index)
 
-    from mtmg.datasets.base import MultispectralDataset
+    from mtmg.data.datasets.base import MultispectralDataset
     original = MultispectralDataset.raw
     monkeypatch.setattr(MultispectralDataset, "raw", fail)
     with pytest.raises(Interrupted):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mtmg.paths import DATA_DIR
+from mtmg.core.paths import DATA_DIR
 
 FOLDERS = ["eurosat_ms_sample", "eurosat_rgb_sample", "bigearthnet_sample", "miniclip"]
 

@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 
-from mtmg import student as student_mod
-from mtmg.config import StudentConfig
-from mtmg.student import WeightsMismatchError, build_student, load_backbone_weights, read_weights
+from mtmg.core.config import StudentConfig
+from mtmg.models import student as student_mod
+from mtmg.models.student import WeightsMismatchError, build_student, load_backbone_weights, read_weights
 
 SMALL = StudentConfig(overrides={"img_size": 64, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 2})
 
@@ -92,7 +92,7 @@ def test_missing_files_and_offline_ssl4eo_fail_clearly(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"], ids=["empty", "truncated"])
 def test_an_empty_or_truncated_student_file_names_the_file_and_the_fix(tmp_path, content):
-    from mtmg.checkpoint import CorruptCheckpointError
+    from mtmg.core.checkpoint import CorruptCheckpointError
 
     path = tmp_path / "student.pth"
     path.write_bytes(content)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mtmg import synthetic
-from mtmg.synthetic import CONCEPTS, SyntheticCaptions, SyntheticScenes, scene
+from mtmg.data import synthetic
+from mtmg.data.synthetic import CONCEPTS, SyntheticCaptions, SyntheticScenes, scene
 
 EUROSAT_WORDS = {"annual", "crop", "land", "forest", "brushland", "shrubland", "highway", "road",
                  "industrial", "commercial", "buildings", "pasture", "permanent", "residential", "homes",

@@ -6,7 +6,9 @@ import os
 import pandas as pd
 import pytest
 
-from mtmg import pipeline, profiles, runstore, teaching
+from mtmg.book import teaching
+from mtmg.core import runstore
+from mtmg.runs import pipeline, profiles
 
 
 def test_enough_exercises_per_chapter_with_unique_labels():

@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mtmg import device
-from mtmg.datasets import get_dataset
-from mtmg.paths import DATA_DIR
-from mtmg.synthetic import SyntheticScenes
-from mtmg.training import InMemoryDataset, SeededDataset
+from mtmg.core import device
+from mtmg.core.paths import DATA_DIR
+from mtmg.data.datasets import get_dataset
+from mtmg.data.synthetic import SyntheticScenes
+from mtmg.method.training import InMemoryDataset, SeededDataset
 
 EUROSAT = DATA_DIR / "eurosat_ms_sample"
 

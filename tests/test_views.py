@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtmg import profiles, views
-from mtmg.sentinel2 import SSL4EO_BANDS
-from mtmg.stages import Embeddings, subset_indices
+from mtmg.book import views
+from mtmg.data.sentinel2 import SSL4EO_BANDS
+from mtmg.runs import profiles
+from mtmg.runs.stages import Embeddings, subset_indices
 
 
 def test_example_tiles_one_per_class_from_the_shipped_sample():

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtmg import metrics, zeroshot
-from mtmg.embeddings import extract_embeddings
-from mtmg.evaluation import evaluate_zeroshot
-from mtmg.models import ImageClassifier, ZeroShotHead, load_clip, register_model_config
+from mtmg.evaluation import metrics
+from mtmg.evaluation.embeddings import extract_embeddings
+from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.models import zeroshot
+from mtmg.models.clip import ImageClassifier, ZeroShotHead, load_clip, register_model_config
 
 TINY_CONFIG = Path(__file__).parent / "model_configs" / "TinyCLIP-test.json"
 CLASSNAMES = ["annual crop land", "forest", "river", "lake or sea"]

@@ -1,7 +1,7 @@
 """Command line: ``python -m mtmg <command> ...``; one module per subcommand, each with an
 ``add_parser`` and a ``run`` function.
 
-An error the user can fix (a bad argument, config, dataset or weight file: :class:`mtmg.errors.UserError`,
+An error the user can fix (a bad argument, config, dataset or weight file: :class:`mtmg.core.errors.UserError`,
 and files that cannot be found or written) is printed as one line ``mtmg <command>: error: ...`` and the
 exit status is 2; ``--debug`` (or ``MTMG_DEBUG=1``) shows the full traceback instead. ``--device``,
 ``--batch-size`` and ``--workers`` of any subcommand are checked before any work starts.
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from mtmg import __version__
 from mtmg.cli import probe, runs, shard, stages, zeroshot
 from mtmg.cli.checks import check_common_arguments
-from mtmg.errors import UserError
+from mtmg.core.errors import UserError
 
 DEBUG_ENV = "MTMG_DEBUG"
 USER_ERROR_STATUS = 2

@@ -5,7 +5,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mtmg.errors import ArgumentError
+from mtmg.core.errors import ArgumentError
 
 
 def check_common_arguments(args: argparse.Namespace) -> None:
@@ -22,7 +22,7 @@ def check_device(name: str) -> None:
     """An ArgumentError unless ``name`` is auto, cpu, cuda or cuda:N of a GPU that exists here."""
     import torch
 
-    from mtmg.device import resolve_device
+    from mtmg.core.device import resolve_device
 
     try:
         device = resolve_device(name)

@@ -21,9 +21,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtmg import pipeline, probe
-    from mtmg.errors import ArgumentError
-    from mtmg.profiles import load_profile
+    from mtmg.core.errors import ArgumentError
+    from mtmg.evaluation import probe
+    from mtmg.runs import pipeline
+    from mtmg.runs.profiles import load_profile
 
     roots = {}
     for item in args.data_root:

@@ -23,8 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def current_folders(profile: str) -> set[Path]:
     """The folders the configs of ``profile`` (no notebook parameters) use now; empty for unknown profiles."""
-    from mtmg import pipeline
-    from mtmg.profiles import load_profile
+    from mtmg.runs import pipeline
+    from mtmg.runs.profiles import load_profile
 
     try:
         prof = load_profile(profile)
@@ -40,7 +40,7 @@ def current_folders(profile: str) -> set[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtmg import paths, runstore
+    from mtmg.core import paths, runstore
 
     runs = [r for r in runstore.list_runs() if (args.profile is None or r.profile == args.profile)
             and (args.stage is None or r.stage == args.stage)]

@@ -11,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Write each split of a multispectral dataset as WebDataset tar shards (13-band uint16 arrays "
                     "in SSL4EO order, labels, ids; class names and templates beside them). Read them back with "
                     "the dataset name 'shards' and the output folder as root.")
-    p.add_argument("--dataset", required=True, help="dataset name in mtmg.datasets (e.g. bigearthnet19, sen12ms)")
+    p.add_argument("--dataset", required=True, help="dataset name in mtmg.data.datasets (e.g. bigearthnet19, sen12ms)")
     p.add_argument("--root", required=True, type=Path, help="dataset root folder")
     p.add_argument("--out", required=True, type=Path, help="output folder (one per dataset)")
     p.add_argument("--split", action="append", choices=("train", "val", "test"),
@@ -25,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtmg.cli.checks import require_writable_folder
-    from mtmg.datasets import dataset_class, write_shards
-    from mtmg.datasets.shards import SKIPPED_FILE
-    from mtmg.errors import ArgumentError
+    from mtmg.core.errors import ArgumentError
+    from mtmg.data.datasets import dataset_class, write_shards
+    from mtmg.data.datasets.shards import SKIPPED_FILE
 
     dataset_class(args.dataset)  # an unknown name fails at once
     if args.samples_per_shard < 1:

@@ -33,7 +33,7 @@ def _process_group(device: str) -> Iterator[str]:
     import torch
     import torch.distributed as dist
 
-    from mtmg.device import resolve_device
+    from mtmg.core.device import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -56,8 +56,8 @@ def add_patch_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
-    from mtmg.config import PatchConfig, load_config
-    from mtmg.patching import run_patching
+    from mtmg.core.config import PatchConfig, load_config
+    from mtmg.method.patching import run_patching
 
     cfg = load_config(args.config, PatchConfig)
     with _process_group(args.device) as device:
@@ -82,8 +82,8 @@ def add_align_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_align(args: argparse.Namespace) -> int:
-    from mtmg.alignment import run_alignment
-    from mtmg.config import AlignConfig, load_config
+    from mtmg.core.config import AlignConfig, load_config
+    from mtmg.method.alignment import run_alignment
 
     cfg = load_config(args.config, AlignConfig)
     teacher = args.teacher or cfg.teacher_dir or _profile_teacher(cfg.profile)
@@ -99,8 +99,8 @@ def run_align(args: argparse.Namespace) -> int:
 
 def _profile_teacher(profile: str) -> Path:
     """The run store's stage 1 folder of ``configs/<profile>/patch.yaml``."""
-    from mtmg.config import PatchConfig, load_config
-    from mtmg.patching import output_folder
-    from mtmg.profiles import profile_folder
+    from mtmg.core.config import PatchConfig, load_config
+    from mtmg.method.patching import output_folder
+    from mtmg.runs.profiles import profile_folder
 
     return output_folder(load_config(profile_folder(profile) / "patch.yaml", PatchConfig))

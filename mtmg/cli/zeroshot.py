@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "for a random initialisation; required unless --model is local-dir:PATH")
     p.add_argument("--model-config", action="append", default=[], metavar="PATH",
                    help="register an open_clip JSON model config (its file name is the model name); repeatable")
-    p.add_argument("--dataset", required=True, help="dataset name in mtmg.datasets (e.g. eurosat_ms)")
+    p.add_argument("--dataset", required=True, help="dataset name in mtmg.data.datasets (e.g. eurosat_ms)")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=64)
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, help="write the result as JSON to this file")
     p.add_argument("--cache-dir", type=Path,
-                   help="where zero-shot heads are cached (default: <cache>/heads, see mtmg.paths)")
+                   help="where zero-shot heads are cached (default: <cache>/heads, see mtmg.core.paths)")
     p.add_argument("--split-file", type=Path, metavar="PATH",
                    help="text file listing the split's files, one name per line, for a dataset without split "
                         "files of its own (readers with split files: eurosat_ms, eurosat_rgb, resisc45, "
@@ -45,13 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import inspect
 
-    from mtmg import paths, tasks
     from mtmg.cli.checks import require_writable_file
-    from mtmg.config import DataSpec
-    from mtmg.datasets import dataset_class
-    from mtmg.device import resolve_device
-    from mtmg.errors import ArgumentError
-    from mtmg.models import load_clip, register_model_config
+    from mtmg.core import paths
+    from mtmg.core.config import DataSpec
+    from mtmg.core.device import resolve_device
+    from mtmg.core.errors import ArgumentError
+    from mtmg.data import tasks
+    from mtmg.data.datasets import dataset_class
+    from mtmg.models.clip import load_clip, register_model_config
 
     if args.pretrained is None and not args.model.startswith("local-dir:"):
         raise ArgumentError("--pretrained is required (a tag, a file, a directory or 'random')")
@@ -120,7 +121,7 @@ def _percent(value: float | None) -> str:
 
 def write_json(data: dict, path: Path) -> None:
     """Write strict JSON (NaN becomes null, meaning undefined), atomically."""
-    from mtmg.checkpoint import atomic_write_text
+    from mtmg.core.checkpoint import atomic_write_text
 
     atomic_write_text(path, json.dumps(_strict(data), indent=2) + "\n")
 
