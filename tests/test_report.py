@@ -261,7 +261,7 @@ def test_figures_render():
     tiles = [_Tile(i, f"C{i}") for i in range(3)]
     _check(figures.tile_views(tiles))
     spectra = pd.DataFrame(np.random.default_rng(0).random((3, 13)), index=["a", "b", "c"],
-                           columns=list(__import__("mtmg.data.sentinel2").sentinel2.SSL4EO_BANDS))
+                           columns=list(__import__("mtmg.data.sentinel2").data.sentinel2.SSL4EO_BANDS))
     _check(figures.class_spectra(spectra))
     _check(figures.zeroshot_scores(report.zeroshot_table(ZEROSHOT)))
     entry = ZEROSHOT["datasets"][0]
