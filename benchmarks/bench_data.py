@@ -10,7 +10,7 @@ B. BigEarthNet v1 (``data/bigearthnet_sample/v1``, 6 real patches): the shipped 
    a stable rate, so a temporary root lists each patch ``--repeats`` times (symbolic links to the same
    files) and the rates are measured on these repeated real patches. Samples per second of the raw
    reader (12 band GeoTIFFs per patch, resampled to 120 px) against the shards written from it by
-   ``mtmg.data.datasets.write_shards``, read back map-style (``get_dataset("shards", ...)``) and streaming
+   ``mtmg.data.datasets.shards.write_shards``, read back map-style (``get_dataset("shards", ...)``) and streaming
    (``webdataset_pipeline``). Every contender runs once untimed first, so the page cache is warm.
 
 Each round runs every contender once, in turn; the tables give the median rate over rounds with the
@@ -34,9 +34,9 @@ import torch
 from _common import ROOT, footer, interleaved, machine_header, read_all, read_raw, setup_threads, spread, table
 from rasterio.errors import NotGeoreferencedWarning
 
-from mtmg.data.datasets import get_dataset, write_shards
+from mtmg.data.datasets import get_dataset
 from mtmg.data.datasets.bigearthnet import S2_DIRS_V1
-from mtmg.data.datasets.shards import webdataset_pipeline
+from mtmg.data.datasets.shards import webdataset_pipeline, write_shards
 
 EUROSAT = ROOT / "data" / "eurosat_ms_sample"
 BIGEARTHNET = ROOT / "data" / "bigearthnet_sample" / "v1"
@@ -138,7 +138,8 @@ def bench_bigearthnet(rounds: int, repeats: int) -> str:
     ratio_raw = med["shards map-style, array only (.raw)"] / med["band GeoTIFFs, array only (.raw)"]
     return (f"B. BigEarthNet-19: {n} samples = the 6 real shipped patches repeated {repeats} times "
             f"(page cache warm), {rounds} rounds, one pass each\n"
-            f"   shards written once by mtmg.data.datasets.write_shards in {write_s:.1f} s ({shard_mb:.0f} MiB)\n"
+            f"   shards written once by mtmg.data.datasets.shards.write_shards in {write_s:.1f} s "
+            f"({shard_mb:.0f} MiB)\n"
             + table(["reader", "samples/s median [range]", "x band files"], rows)
             + f"\n   ratio shards / band files: {ratio_dict:.1f}x (map-style), {ratio_stream:.1f}x (streaming), "
               f"{ratio_raw:.1f}x (array only)")

@@ -129,8 +129,7 @@ def test_b10_zeroed_on_request_and_composite_selectable(root):
 
 def test_student_trained_without_b10_reads_sen12ms_without_it(root):
     from mtmg.core.config import DataSpec
-    from mtmg.data.sentinel2 import band_index
-    from mtmg.models.student import band_metadata, evaluation_spec
+    from mtmg.data.sentinel2 import band_index, band_metadata, evaluation_spec
 
     def reader(level):
         return type("Reader", (), {"level": level})()

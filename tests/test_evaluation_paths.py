@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from mtmg.core.config import DataSpec
 from mtmg.data import tasks
 from mtmg.evaluation import embeddings
-from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.evaluation.scoring import evaluate_zeroshot, score_zeroshot
 from mtmg.method import alignment, patching
 from mtmg.models.clip import ImageClassifier, load_clip, register_model_config
 
@@ -43,8 +43,9 @@ def setup(tmp_path_factory):
 def test_head_logits_are_fp32_under_autocast(setup, bf16_autocast):
     bundle, data, head, _ = setup
     loader = DataLoader(data, batch_size=16)
-    inside, _ = embeddings.run_encoder(ImageClassifier(bundle.model.visual, head), loader, "rgb", "cpu")
-    features, _ = embeddings.run_encoder(bundle.model.visual, loader, "rgb", "cpu")
+    out, _ = embeddings.embed({"inside": (ImageClassifier(bundle.model.visual, head), "rgb"),
+                               "features": (bundle.model.visual, "rgb")}, loader, "cpu")
+    inside, features = out["inside"], out["features"]
     with torch.no_grad():
         outside = head(features)
     assert outside.dtype == torch.float32
@@ -56,7 +57,7 @@ def test_three_paths_give_identical_scores(setup, bf16_autocast):
     visual = bundle.model.visual
     sweep = patching._score(visual, patching.EvalTask("eurosat_ms", head, multilabel, data), "test", data, 1.0,
                             16, torch.device("cpu"), 0)["value"]
-    stage0 = tasks.score_zeroshot(bundle, SPEC, "test", heads_dir=None, device="cpu", batch_size=16).value
+    stage0 = score_zeroshot(bundle, SPEC, "test", heads_dir=None, device="cpu", batch_size=16).value
     rows = alignment.evaluate_alignment({}, {"clip_patched": visual}, head, multilabel, data, name="eurosat_ms",
                                         split="test", device=torch.device("cpu"), batch_size=16)
     stage2 = next(r["value"] for r in rows if r["metric"] == "top1")

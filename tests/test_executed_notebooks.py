@@ -21,8 +21,10 @@ EXECUTED_DIR = ROOT / "book" / "executed"
 MIN_SIDE = 100  # pixels
 
 
-def _executed() -> list[Path]:
-    return [EXECUTED_DIR / p.name for p in SOURCES]
+def _executed() -> list:
+    """The executed copies; the solutions page's belongs to the slow tier (``make test`` executes the chapters)."""
+    return [pytest.param(EXECUTED_DIR / p.name, marks=pytest.mark.slow) if p == SOLUTIONS else EXECUTED_DIR / p.name
+            for p in SOURCES]
 
 
 def _outputs(nb):
@@ -110,8 +112,12 @@ def _chapter(path: Path) -> int:
 def test_source_hides_set_up_and_takes_overrides(path):
     nb = nbformat.read(path, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert "remove-cell" in params.metadata["tags"], f"{path.name}: the parameters cell must be hidden in the book"
-    assert "overrides = {}" in params.source, f"{path.name}: add the overrides parameter"
+    assert not {"remove-cell", "remove-input"} & set(params.metadata["tags"]), \
+        f"{path.name}: the parameters cell must be shown in the book (the text refers readers to it)"
+    assert 'overrides: "Union[dict, str]" = {}' in params.source, f"{path.name}: add the typed overrides parameter"
+    setup_first = next(c for c in nb.cells if c.cell_type == "code" and c is not params)
+    assert "use_parameters(globals())" in setup_first.source, \
+        f"{path.name}: the cell after the parameters must start with use_parameters(globals())"
     setup = next(c for c in nb.cells if c.cell_type == "code" and "load_profile(profile" in c.source)
     assert "overrides=overrides" in setup.source, f"{path.name}: pass overrides to load_profile"
     assert "remove-input" in setup.metadata.get("tags", []), f"{path.name}: hide the set-up code"

@@ -38,8 +38,15 @@ def test_reduction_legend_uses_class_names_and_their_colours():
     legend = fig.axes[1].get_legend()
     labels = [t.get_text() for t in legend.get_texts()]
     assert "Forest" in labels and "Residential" in labels and "residential buildings" not in labels
+    from matplotlib.colors import to_hex
+
     handle = legend.legend_handles[labels.index("Residential")]
-    assert handle.get_color() == figures.EUROSAT_COLOURS["Residential"]
+    assert to_hex(handle.get_facecolor()) == figures.EUROSAT_COLOURS["Residential"]
+    # sets are told by their marker only: no set is drawn as a square, the shape of the class swatches
+    assert all(h.get_marker() != "s" for h in legend.legend_handles if hasattr(h, "get_marker"))
+    set_legend = fig.axes[0].get_legend()
+    by_set = {t.get_text(): h for t, h in zip(set_legend.get_texts(), set_legend.legend_handles)}
+    assert to_hex(by_set["MS, student"].get_facecolor()[0]) == figures.MODEL_COLOURS["student"].lower()
 
 
 def test_gap_coordinates_put_the_two_centroids_at_zero_and_one():

@@ -20,7 +20,7 @@ import pytest
 from mtmg.method import miniclip
 from mtmg.runs import pipeline, profiles
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.learning
 
 CHANCE_EUROSAT = 1 / 10          # 10 classes
 CHANCE_RETRIEVAL = 1 / 50        # 50 test tiles, one positive each
@@ -91,6 +91,7 @@ def test_rgb_ms_retrieval_far_above_chance(run):
         assert recall >= RETRIEVAL_TIMES_CHANCE * CHANCE_RETRIEVAL, (direction, recall)
 
 
+@pytest.mark.slow  # pretrains MiniCLIP from scratch: 6 to 20 min
 def test_regenerated_miniclip_is_as_good_as_the_shipped_weights(tmp_path):
     shipped = miniclip.shipped_weights()
     assert shipped is not None, f"no shipped MiniCLIP weights for the default config in {miniclip.SHIPPED_DIR}"

@@ -133,42 +133,6 @@ def test_ties_count_against_the_query():
     assert metrics.recall_at_k(duplicate, duplicate, ks=(1, 2)) == pytest.approx({1: 1 / 3, 2: 1.0})
 
 
-def _brute_force_text_to_image(text, images, labels, ks):
-    t = text / np.linalg.norm(text, axis=1, keepdims=True)
-    im = images / np.linalg.norm(images, axis=1, keepdims=True)
-    hits, queries = {k: 0 for k in ks}, 0
-    for c in range(len(t)):
-        relevant = [i for i in range(len(im)) if labels[i] == c]
-        if not relevant:
-            continue
-        queries += 1
-        best = max(float(t[c] @ im[i]) for i in relevant)
-        rank = sum(1 for i in range(len(im)) if labels[i] != c and float(t[c] @ im[i]) >= best)
-        for k in ks:
-            hits[k] += rank < k
-    return {k: hits[k] / queries for k in ks}
-
-
-def test_text_to_image_recall_matches_brute_force(rng):
-    c, n = 12, 150
-    text = rng.normal(size=(c, 16))
-    labels = rng.integers(0, c - 1, n)  # the last class has no image: left out
-    images = text[labels] * 0.3 + rng.normal(size=(n, 16))
-    ks = (1, 5, 10)
-    got = metrics.text_to_image_recall(text, images, torch.from_numpy(labels), ks)
-    assert got == pytest.approx(_brute_force_text_to_image(text, images, labels, ks))
-    multi_hot = np.eye(c)[labels]
-    assert metrics.text_to_image_recall(text, images, multi_hot, ks) == got
-
-
-def test_text_to_image_ties_count_against_the_query():
-    text = np.array([[1.0, 0.0], [0.0, 1.0]])
-    images = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
-    labels = np.array([0, 1, 1])
-    # class 0: its image ties with image 1 (class 1) -> rank 1; class 1: image 2 is best -> rank 0
-    assert metrics.text_to_image_recall(text, images, labels, ks=(1, 2)) == {1: 0.5, 2: 1.0}
-
-
 def test_shape_errors():
     with pytest.raises(ValueError, match="one shape"):
         metrics.recall_at_k(np.ones((3, 2)), np.ones((4, 2)))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -62,13 +61,6 @@ def test_truncated_text_encoding_equals_full_encoding() -> None:
     assert short.shape == full.shape
     assert torch.allclose(short, full, atol=1e-5, rtol=0)
     assert torch.allclose(one, full[-1:], atol=1e-5, rtol=0)
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
-    factors = [miniclip._lr_factor(s, 4, 20) for s in range(20)]
-    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
-    assert factors[-1] < 0.05 and math.isclose(miniclip._lr_factor(20, 4, 20), 0.0, abs_tol=1e-12)
 
 
 def test_tiny_pretraining_lowers_the_loss_and_loads_with_open_clip(tiny_weights: Path) -> None:

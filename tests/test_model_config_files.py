@@ -9,10 +9,9 @@ import pytest
 
 from mtmg.core.config import ClipSpec
 from mtmg.core.errors import ArgumentError
-from mtmg.data.tasks import clip_identity
-from mtmg.evaluation import probe
+from mtmg.method.clip_weights import clip_identity
 from mtmg.models.clip import load_clip
-from mtmg.runs import pipeline
+from mtmg.runs import pipeline, probe
 from mtmg.runs.profiles import load_profile
 
 TINY_CONFIG = Path(__file__).parent / "model_configs" / "TinyCLIP-test.json"
@@ -47,7 +46,8 @@ def test_config_content_is_part_of_the_run_key(tmp_path, isolated):
     assert clip_identity(ClipSpec(str(narrow), None)) != clip_identity(ClipSpec(str(wide), None))
 
     def folder(path: Path) -> Path:
-        return pipeline.zeroshot_folder(load_profile("default", clip_model=str(path), clip_weights="weights.pt"))
+        return pipeline.stage_folder(load_profile("default", clip_model=str(path), clip_weights="weights.pt"),
+                                     "zeroshot")
 
     before = folder(narrow)
     assert folder(wide) != before

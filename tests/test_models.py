@@ -211,7 +211,7 @@ def test_devices():
 
 def test_random_init_file_is_drawn_once_per_seed_and_leaves_the_global_generator(tmp_path, tiny_name):
     from mtmg.core.config import ClipSpec
-    from mtmg.data.tasks import clip_source
+    from mtmg.method.clip_weights import clip_source
 
     state = torch.random.get_rng_state()
     path = random_init_file(tiny_name, tmp_path)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-import pandas as pd
 import pytest
 import rasterio
 from PIL import Image
@@ -30,6 +29,7 @@ from mtmg.evaluation import probe
 from mtmg.method.alignment import AlignResult
 from mtmg.method.patching import PatchResult
 from mtmg.runs import pipeline, stages
+from mtmg.runs.probe import ProbeRun
 from mtmg.runs.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +47,10 @@ SMOKE_OVERRIDES = {
     "patch.clip.pretrained": None, "zeroshot.clip.pretrained": None, "patch.alphas": [0.0, 0.5, 1.0],
     "align.train.max_steps": 1, "patch.train.num_workers": 0, "align.train.num_workers": 0,
     "zeroshot.num_workers": 0, "align.student.weights": None, "align.student.overrides": {"img_size": 32},
-    "align.ms_size": 32, "embed_max": 50, "probe.shots": [1, probe.ALL], "probe.seeds": [0], "probe.Cs": [1.0],
-    "probe.max_items": 40}
-"""Scale, not code path: random weights, one step, three α values, one probe fit per shot setting on at most 40
+    "align.ms_size": 32, "embeddings.max_items": 50, "probe.shots": [1, probe.ALL], "probe.seeds": [0],
+    "probe.Cs": [1.0], "probe.max_items": 40, "patch.train.drop_last": False, "align.train.drop_last": False}
+"""Scale, not code path: random weights, one step (kept although the samples are smaller than one batch, which
+the paper profiles' drop_last would leave out), three α values, one probe fit per shot setting on at most 40
 tiles per split (the paper profiles cap theirs at 20,000)."""
 
 
@@ -194,7 +195,7 @@ def books(world):
     return outcomes
 
 
-@pytest.mark.paper_path
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PROFILES)
 def test_paper_profile_book_builds(world, books, name, monkeypatch):
     base, roots, configs = world
@@ -218,7 +219,8 @@ def test_paper_profile_book_builds(world, books, name, monkeypatch):
     align = AlignResult.load(pipeline.stage_folder(prof, "align"))
     patched = stages.ZeroShotResult.load(pipeline.stage_folder(prof, "zeroshot_patched"))
     emb = stages.Embeddings.load(pipeline.stage_folder(prof, "embeddings"))
-    probes = pd.read_csv(pipeline.stage_folder(prof, "probe") / "results.csv")  # as chapter 5 stored it
+    probe_run = ProbeRun.load(pipeline.stage_folder(prof, "probe"))  # as chapter 5 stored it
+    probes = probe_run.results
     assert zeroshot["model"].startswith(f"{Path(params['clip_model']).name}@sha256:")  # the smoke config's content
 
     # every dataset the paper reports: patched and zero-shot CLIP on all of them ...
@@ -244,6 +246,6 @@ def test_paper_profile_book_builds(world, books, name, monkeypatch):
     assert not report.alignment_scores(results).empty
     assert not report.gains_table(zeroshot, patched).empty
     assert not probe.probe_table(probes).empty
-    differences = pd.read_csv(pipeline.stage_folder(prof, "probe") / probe.DIFFERENCES_FILE)
+    differences = probe_run.differences
     assert set(differences["dataset"]) == set(probes["dataset"]) and differences["low"].notna().all()
     shutil.rmtree(base / "runs" / name)  # the largest files (CLIP towers) are not needed any more

@@ -15,11 +15,12 @@ import torch
 import yaml
 
 from mtmg import cli
+from mtmg.book import views
 from mtmg.book.views import embedding_sets
 from mtmg.core import checkpoint, paths, runstore
 from mtmg.core.config import save_config
 from mtmg.method import alignment
-from mtmg.runs import pipeline
+from mtmg.runs import pipeline, probe
 from mtmg.runs.profiles import load_profile, override
 
 from conftest import ROOT, TINY
@@ -119,7 +120,7 @@ def test_seed_1_leaves_the_seed_0_outputs_byte_identical_and_both_are_listed(fak
 
 def test_a_command_line_run_into_a_stage_folder_with_another_config_is_never_served(fake, tmp_path):
     prof = load_profile("default")
-    folder = pipeline.patch_folder(prof)
+    folder = pipeline.stage_folder(prof, "patch")
     other = override(prof.patch, {"train.epochs": 5, "train.seed": 7})
     config = tmp_path / "other.yaml"
     save_config(other, config)
@@ -134,7 +135,7 @@ def test_a_command_line_run_of_the_profile_config_is_what_the_pipeline_reuses(fa
     assert cli.main(["patch", "--config", str(ROOT / "configs/default/patch.yaml")]) == 0
     printed = capsys.readouterr().out
     prof = load_profile("default")
-    assert str(pipeline.patch_folder(prof)) in printed
+    assert str(pipeline.stage_folder(prof, "patch")) in printed
     pipeline.ensure_patch(prof)
     assert fake.calls["patch"] == 1
     assert cli.main(["align", "--config", str(ROOT / "configs/default/align.yaml")]) == 0
@@ -147,11 +148,45 @@ def test_run_times_and_clean_keep_the_current_runs(fake, capsys):
     pipeline.ensure_align(prof)
     times = pipeline.run_times(prof)
     assert list(times["stage"]) == ["patch", "align"] and times["seconds"].notna().all()
-    assert times["folder"].tolist() == [str(pipeline.patch_folder(prof)), str(pipeline.align_folder(prof))]
+    assert times["folder"].tolist() == [str(pipeline.stage_folder(prof, s)) for s in ("patch", "align")]
     old = pipeline.ensure_patch(load_profile("default", seed=3)).out_dir
     assert cli.main(["runs", "clean", "--dry-run"]) == 0 and old.is_dir()
     assert cli.main(["runs", "clean"]) == 0
-    assert not old.exists() and pipeline.patch_folder(prof).is_dir() and pipeline.align_folder(prof).is_dir()
+    assert not old.exists() and all(pipeline.stage_folder(prof, s).is_dir() for s in ("patch", "align"))
+
+
+def test_one_ensure_probe_walks_each_dataset_once(fake, monkeypatch):
+    """A call computes each stage key once and walks each dataset's files once, however many keys name it."""
+    def fake_probe(prof, patch_dir, align_dir, out_dir, cfg=None):
+        for name in probe.FILES:
+            (out_dir / name).write_text("dataset,shots\n")
+
+    monkeypatch.setattr(probe, "run_probe", fake_probe)
+    monkeypatch.setattr(probe, "load_differences", lambda folder: pd.DataFrame())
+    walks: list[str] = []
+    real = runstore.data_manifest
+    monkeypatch.setattr(runstore, "data_manifest", lambda spec: walks.append(spec.name) or real(spec))
+    prof = load_profile("default")
+    first = pipeline.ensure_probe(prof)
+    assert fake.calls == {"patch": 1, "align": 1} and first.out_dir.parent.name == "probe"
+    assert sorted(walks) == sorted(set(walks)), f"a dataset walked more than once in one call: {walks}"
+    walks.clear()
+    assert pipeline.ensure_probe(prof).out_dir == first.out_dir and fake.calls == {"patch": 1, "align": 1}
+    assert sorted(walks) == sorted(set(walks)) and "eurosat_ms" in walks
+
+
+def test_the_registry_is_the_one_list_of_stages(fake, capsys):
+    assert cli.main(["runs", "list", "--stage", "patches"]) == 2
+    assert capsys.readouterr().err.strip() == ("mtmg runs: error: --stage 'patches': expected one of zeroshot, patch, "
+                                               "align, embeddings, zeroshot_patched, probe")
+    assert list(pipeline.STAGES) == ["zeroshot", "patch", "align", "embeddings", "zeroshot_patched", "probe"]
+    assert pipeline.chapter_stages(5) == ("zeroshot_patched", "probe")
+    assert set(pipeline.STAGES["probe"].upstream) == {"patch", "align"}
+    prof = load_profile("default")
+    with pytest.raises(KeyError, match="unknown stage 'patches'"):
+        pipeline.stage_folder(prof, "patches")
+    with pytest.raises(FileNotFoundError):  # stage 1 has not run: the key of stage 2 cannot be known
+        pipeline.stage_folder(prof, "align")
 
 
 # --- real stages, tiny ------------------------------------------------------------------------------------
@@ -204,9 +239,9 @@ def test_tiny_end_to_end_embeddings_and_layout(tiny):
     status = runstore.read_status(emb.out_dir)
     again = pipeline.ensure_embeddings(tiny)
     assert runstore.read_status(emb.out_dir) == status and torch.equal(again.ms_student, emb.ms_student)
-    layout = pipeline.ensure_layout(tiny, emb, "pca")
+    layout = views.ensure_layout(tiny, emb, "pca")
     assert len(layout) == 30 + 3 * n and set(layout["modality"]) == set(embedding_sets(emb)[0])
-    assert pipeline.ensure_layout(tiny, emb, "pca").equals(layout)
+    assert views.ensure_layout(tiny, emb, "pca").equals(layout)
 
 
 def test_changing_one_tile_reruns_every_stage_and_the_teacher_cache(eurosat_copy):

@@ -21,6 +21,27 @@ def test_default_profile_derives_the_zeroshot_stage():
     assert prof.embed_data.name == "eurosat_ms"
 
 
+def test_stage_1_overrides_reach_the_derived_zeroshot_stage(eurosat_copy):
+    """Chapter 1 compares its zero-shot scores with stage 1: an override of stage 1's CLIP or data must reach
+    the zero-shot stage too."""
+    prof = profiles.load_profile("default", overrides={"patch.clip.pretrained": None,
+                                                       "patch.task.root": str(eurosat_copy)})
+    assert prof.patch.clip.pretrained is None and prof.zeroshot.clip == prof.patch.clip
+    assert str(eurosat_copy) in [s.root for s in prof.zeroshot.tasks]
+    assert prof.zeroshot.tasks[0] == prof.patch.task
+    untouched = profiles.load_profile("default")
+    assert untouched.zeroshot.clip.pretrained == "miniclip" and str(eurosat_copy) not in [
+        s.root for s in untouched.zeroshot.tasks]
+
+
+@pytest.mark.parametrize("changes, key", [({"probe.shots": [-1]}, "shots"), ({"probe.Cs": [0.0]}, "Cs"),
+                                           ({"probe.seeds": []}, "seeds"), ({"probe.bootstrap": 0}, "bootstrap"),
+                                           ({"probe.max_items": 1}, "max_items")])
+def test_out_of_range_probe_values_are_rejected_at_load(changes, key):
+    with pytest.raises(ConfigError, match=rf"probe\.{key}: expected"):
+        profiles.load_profile("default", overrides=changes)
+
+
 def test_paper_profile_zeroshot_covers_the_papers_datasets():
     prof = profiles.load_profile("paper")
     names = {s.name for s in prof.zeroshot.tasks + prof.zeroshot.extra_tasks}
@@ -63,8 +84,8 @@ def test_load_profile_rejects_unknown_profiles_and_override_prefixes():
         profiles.load_profile("nonexistent")
     with pytest.raises(KeyError, match="prefix"):
         profiles.load_profile("default", overrides={"epochs": 3})
-    prof = profiles.load_profile("default", overrides={"embed_max": 9, "align.train.epochs": 1})
-    assert prof.embed_max == 9 and prof.align.train.epochs == 1
+    prof = profiles.load_profile("default", overrides={"embeddings.max_items": 9, "align.train.epochs": 1})
+    assert prof.embeddings.max_items == 9 and prof.align.train.epochs == 1
 
 
 def test_describe_feeds_the_banner():
@@ -121,7 +142,7 @@ def test_out_of_range_align_values_are_rejected_at_load(tmp_path):
 @pytest.mark.parametrize("kwargs", [
     {"seed": "abc"}, {"seed": -1}, {"train_batch_size": 0}, {"eval_batch_size": "8"}, {"data_roots": ["x"]},
     {"overrides": {"patch.train.seed": "abc"}}, {"overrides": {"align.cls_weight": "heavy"}},
-    {"overrides": {"patch.train.epochs": 0}}, {"overrides": {"embed_max": 0}},
+    {"overrides": {"patch.train.epochs": 0}}, {"overrides": {"embeddings.max_items": 0}},
 ])
 def test_bad_notebook_parameters_fail_before_any_file_is_written(isolated, kwargs):
     with pytest.raises((ValueError, TypeError)):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,23 @@ def test_the_shipped_sample_includes_its_committed_split_lists():
     assert any(k.endswith("eurosat_ms_sample-test.txt") for k in files)
     assert sum(name.endswith(".tif") for name in files[EUROSAT.root]) == 200
     assert runstore.data_manifest(DataSpec(name="synthetic"))["files"] == {}
+
+
+def test_run_keys_hash_the_code_that_computes_results_not_the_books(tmp_path, monkeypatch):
+    package = tmp_path / "mtmg"
+    for part in ("core", "method", "book", "cli"):
+        (package / part).mkdir(parents=True)
+        (package / part / "m.py").write_text("x = 1\n")
+    before = runstore.source_hash(package, runstore.RESULT_PACKAGES)
+    (package / "book" / "m.py").write_text("x = 2  # a figure's colour\n")
+    (package / "cli" / "m.py").write_text("x = 2  # a help text\n")
+    assert runstore.source_hash(package, runstore.RESULT_PACKAGES) == before
+    (package / "method" / "m.py").write_text("x = 2\n")
+    assert runstore.source_hash(package, runstore.RESULT_PACKAGES) != before
+    real = Path(runstore.__file__).resolve().parents[1]
+    below_book = {p.name for p in real.iterdir() if p.is_dir() and p.name not in ("book", "cli", "mapping")
+                  and p.name != "__pycache__"}
+    assert set(runstore.RESULT_PACKAGES) == below_book, "a new package of mtmg/: say whether it shapes results"
 
 
 def test_source_hash_covers_every_module_of_the_package(tmp_path):
@@ -185,15 +203,15 @@ def test_patch_resume_identity_covers_augmentation_data_and_weights(eurosat_copy
 
 def test_miniclip_identity_follows_the_weights_file_it_would_load(tmp_path, monkeypatch):
     from mtmg.core.config import ClipSpec
-    from mtmg.data import tasks
     from mtmg.method import miniclip
+    from mtmg.method.clip_weights import clip_identity
 
     monkeypatch.setattr(miniclip, "SHIPPED_DIR", tmp_path / "nothing shipped")
     spec, cache = ClipSpec(), tmp_path / "cache"
-    assert tasks.clip_identity(spec, cache)["sha256"] is None  # before pretraining
+    assert clip_identity(spec, cache)["sha256"] is None  # before pretraining
     path = miniclip.miniclip_path(cache, miniclip.MiniClipConfig(model_name=spec.name))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"weights one")
-    first = tasks.clip_identity(spec, cache)
+    first = clip_identity(spec, cache)
     path.write_bytes(b"weights two")
-    assert first["sha256"] and tasks.clip_identity(spec, cache)["sha256"] != first["sha256"]
+    assert first["sha256"] and clip_identity(spec, cache)["sha256"] != first["sha256"]

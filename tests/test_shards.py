@@ -20,9 +20,8 @@ from mtmg.data.datasets import (
     LabelError,
     MissingFileError,
     get_dataset,
-    write_shards,
 )
-from mtmg.data.datasets.shards import webdataset_pipeline
+from mtmg.data.datasets.shards import webdataset_pipeline, write_shards
 
 MS = DATA_DIR / "eurosat_ms_sample"
 BEN = DATA_DIR / "bigearthnet_sample" / "v1"

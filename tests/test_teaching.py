@@ -111,3 +111,17 @@ def test_glue_markdown_writes_what_myst_nb_glue_writes(monkeypatch):
     myst_glue.glue("time-box", Markdown("**12 s**"), display=False)
     myst_glue.glue("ex-a-task", Markdown("Do *this*."), display=False)
     assert ours == theirs and len(ours) == 2
+
+
+def test_chapter_4_time_box_gives_the_time_of_its_maps(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTMG_RUNS", str(tmp_path / "runs"))
+    prof = profiles.load_profile("default")
+    assert "no time was recorded" in teaching.time_box(prof, 4)  # nothing has run: no embeddings, no maps
+    (tmp_path / "layout-umap-seed0.json").write_text(json.dumps({"seconds": 11.6}))
+    (tmp_path / "layout-pca-seed0.json").write_text(json.dumps({"seconds": 0.4}))
+    monkeypatch.setattr(pipeline, "stage_folder", lambda prof, stage: tmp_path)
+    assert "12 s to fit the UMAP and PCA maps" in teaching.time_box(prof, 4)
+
+
+def test_chapter_5_time_box_counts_the_probe_stage():
+    assert "probe" in teaching.CHAPTER_STAGES[5] and "zeroshot_patched" in teaching.CHAPTER_STAGES[5]

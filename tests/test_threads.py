@@ -1,15 +1,22 @@
 """Per-sample work runs on one torch thread; batch-level work keeps the pool."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mtmg.core import device
+from mtmg.book import report
+from mtmg.core import device, runstore
+from mtmg.core.errors import ArgumentError
 from mtmg.core.paths import DATA_DIR
 from mtmg.data.datasets import get_dataset
 from mtmg.data.synthetic import SyntheticScenes
+from mtmg.method import patching
 from mtmg.method.training import InMemoryDataset, SeededDataset
+from mtmg.runs import profiles
 
 EUROSAT = DATA_DIR / "eurosat_ms_sample"
 
@@ -70,26 +77,49 @@ def test_training_data_path_is_per_sample_on_one_thread(two_threads):
     assert augment_seen.seen == [1, 1, 1] and torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("idle,expected", [(2.0, 2), (1.8, 2), (1.2, 1), (0.0, 1), (None, 2)])
-def test_default_threads_uses_only_idle_cores(monkeypatch, idle, expected):
-    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(device, "idle_cores", lambda interval=0.5: idle)
-    assert device.default_threads() == expected
+def test_torch_threads_sets_and_restores_the_pool(two_threads):
+    with device.torch_threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == 2
+    with device.torch_threads(None) as n:
+        assert n == 2
+    with pytest.raises(ValueError, match="positive number"), device.torch_threads(0):
+        pass
 
 
-def test_idle_cores_is_a_share_of_the_machine():
-    idle = device.idle_cores(0.05)
-    assert idle is None or 0.0 <= idle <= (device.os.cpu_count() or 1) + 1e-9
+def test_the_thread_count_is_the_profiles_never_the_load():
+    prof = profiles.load_profile("default")
+    assert prof.threads == prof.patch.threads == prof.align.threads == prof.zeroshot.threads == 1
+    two = profiles.load_profile("default", threads=2)
+    assert two.threads == two.align.threads == two.zeroshot.threads == 2
+    assert "1 torch CPU thread)" in report.banner(**prof.describe())
+    assert "2 torch CPU threads" in report.banner(**two.describe())
+    with pytest.raises(ArgumentError, match="threads"):
+        profiles.set_threads("auto")
 
 
-def test_work_of_this_process_and_its_parent_does_not_count_as_busy():
-    # 2 cores, 100 ticks: 40 idle; this process and its parent used 50 of the 60 busy ones -> 1.8 idle cores
-    assert device.idle_share((1000, 5000, 300), (1040, 5100, 350), cores=2) == pytest.approx(1.8)
-    # another program used them instead -> only 0.8
-    assert device.idle_share((1000, 5000, 300), (1040, 5100, 300), cores=2) == pytest.approx(0.8)
-    assert device.idle_share((0, 0, 0), (90, 100, 20), cores=2) == 2.0  # never more than the machine
-    assert device.idle_share((0, 5, 0), (0, 5, 0), cores=2) is None
-    assert device._own_ticks() > 0  # this test process has used CPU time
+def test_stage_1_under_another_thread_count_gets_another_key():
+    """Training results differ between thread counts, so stage 1 under 1 and 2 threads must not share a folder
+    (bit-identical outputs would be the other way to pass; they are not: see README)."""
+    cfg = profiles.load_profile("default").patch
+    keys = {n: patching.patch_key(dataclasses.replace(cfg, threads=n)) for n in (1, 2)}
+    assert keys[1] != keys[2]
+
+
+def test_stage_1_runs_on_its_configured_threads_and_records_them(two_threads, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_patch(cfg, out, dev, resume):
+        seen.append(torch.get_num_threads())
+        for name in patching.FILES:
+            (out / name).write_text("x")
+
+    monkeypatch.setattr(patching, "_patch", fake_patch)
+    monkeypatch.setattr(patching.PatchResult, "load", classmethod(lambda cls, folder: folder))
+    cfg = dataclasses.replace(profiles.load_profile("default").patch, threads=1)
+    out = patching.run_patching(cfg, out_dir=tmp_path / "p")
+    assert seen == [1] and torch.get_num_threads() == 2
+    assert json.loads((out / runstore.STATUS_FILE).read_text())["threads"] == 1
 
 
 def test_seeded_items_draw_from_the_cpu_generator_only():

@@ -6,15 +6,27 @@ figure has a title and labelled axes; image grids label their rows and columns i
 """
 from __future__ import annotations
 
+import base64
 import functools
+import io
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps, rc_context
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from PIL import Image
 
+from mtmg.book.report import PAPER_GAINS
+from mtmg.core import checkpoint, paths
 from mtmg.data.sentinel2 import RGB_WHITE_POINT, SSL4EO_BANDS, band_index, ndvi, rgb_composite
+from mtmg.evaluation.probe import ALL, ENCODERS
 
 DPI = 200
 #: Widest figure in inches: the book's text column is about 8 inches, so fonts keep their size on the page.
@@ -31,14 +43,35 @@ EUROSAT_COLOURS = {
     "Industrial": "#9467bd", "Pasture": "#8c564b", "PermanentCrop": "#e377c2", "Residential": "#1a1a1a",
     "River": "#bcbd22", "SeaLake": "#17becf"}
 NO_LABEL = "#c8c8c8"
+#: One colour per model (and for the text prompts) in every chapter and in the two-stage diagram
+#: (after Paul Tol's colour-blind-safe schemes, away from the class colours); see :func:`model_colour`.
+MODEL_COLOURS = {"text": "#EE3377", "zero-shot CLIP": "#004488", "patched CLIP": "#DDAA33",
+                 "CLIP at α = 0.5": "#F2DC9B", "fine-tuned CLIP": "#994455", "student": "#009988",
+                 "student before training": "#888888"}
+#: Colours of the two kinds of dataset (fixed, not model colours).
+ROLE_COLOURS = {"remote sensing": "#77AADD", "supported": "#CCCCCC"}
+#: Plain names of the centroid gaps of :func:`mtmg.book.report.gap_table`.
+GAP_LABELS = {"gap_text_rgb": "text ↔ RGB", "gap_text_ms": "text ↔ MS", "gap_rgb_ms": "RGB ↔ MS"}
+_MODEL_RULES = ((r"before|init", "student before training"), (r"student", "student"), (r"text|prompt", "text"),
+                (r"\bms\b", "student"), (r"fine-tuned|α ?= ?1\b", "fine-tuned CLIP"),
+                (r"authors|α ?= ?0\.5", "CLIP at α = 0.5"), (r"patched|teacher|selected", "patched CLIP"),
+                (r"zero-shot|α ?= ?0\b|clip", "zero-shot CLIP"))
+
+
+def model_colour(label: str) -> str:
+    """The colour of the model a label names ("student (aligned) on MS", "RGB, patched CLIP", "fine-tuned
+    (α=1)", "text (class prompts)" ...): the same model has the same colour in every figure."""
+    name = str(label).lower()
+    for pattern, model in _MODEL_RULES:
+        if re.search(pattern, name):
+            return MODEL_COLOURS[model]
+    raise KeyError(f"no model colour for {label!r}; name one of {list(MODEL_COLOURS)} in the label")
 
 
 def book_style(make: Callable[..., Figure]) -> Callable[..., Figure]:
     """Build the figure under :data:`BOOK_STYLE` (the style applies to the artists it creates only)."""
     @functools.wraps(make)
     def wrapped(*args: Any, **kwargs: Any) -> Figure:
-        from matplotlib import rc_context
-
         with rc_context(BOOK_STYLE):
             return make(*args, **kwargs)
     return wrapped
@@ -135,8 +168,6 @@ def class_spectra(spectra: pd.DataFrame, title: str = "Mean reflectance per band
 
 
 def _class_colours(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
     if n <= 10:
         return [colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
@@ -151,9 +182,9 @@ def zeroshot_scores(table: pd.DataFrame, title: str = "Zero-shot CLIP: remote se
     """Bars of ``report.zeroshot_table``: one per dataset, coloured by role, chance marked."""
     fig = new_figure(max(5.0, 1.3 * len(table) + 2), 4)
     ax = fig.subplots()
-    colours = {"remote sensing": "C0", "supported": "C1"}
+    colours = ROLE_COLOURS
     x = np.arange(len(table))
-    ax.bar(x, table["score (%)"], color=[colours.get(r, "C2") for r in table["role"]])
+    ax.bar(x, table["score (%)"], color=[colours[r] for r in table["role"]])
     for i, (score, chance) in enumerate(zip(table["score (%)"], table["chance (%)"])):
         ax.text(i, score + 1, f"{score:.1f}", ha="center", fontsize="small")
         if chance is not None and not pd.isna(chance):
@@ -163,9 +194,6 @@ def zeroshot_scores(table: pd.DataFrame, title: str = "Zero-shot CLIP: remote se
     ax.set_xlabel("dataset (metric)")
     ax.set_ylabel("score (%)")
     ax.set_title(title)
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles = [Patch(color=c, label=r) for r, c in colours.items() if r in set(table["role"])]
     handles.append(Line2D([], [], color="black", linestyle="--", label="chance"))
     ax.legend(handles=handles, fontsize="small")
@@ -181,13 +209,15 @@ def per_class_scores(classes: Sequence[str], values: Sequence[float | None], tit
     fig = new_figure(6.5, 0.35 * len(classes) + 1.4)
     ax = fig.subplots()
     y = np.arange(len(classes))
-    bars = ax.barh(y, vals[order], color=["C3" if chance is not None and v < 100 * chance else "C0"
-                                          for v in np.nan_to_num(vals[order])])
+    below = [chance is not None and v < 100 * chance for v in np.nan_to_num(vals[order])]
+    bars = ax.barh(y, vals[order], color=[WRONG if b else MODEL_COLOURS["zero-shot CLIP"] for b in below])
     ax.bar_label(bars, fmt="%.0f", fontsize="small", padding=2)
     ax.set_yticks(y, [classes[i] for i in order], fontsize="small")
     if chance is not None:
-        ax.axvline(100 * chance, color="black", linestyle="--", label=f"chance ({100 * chance:.0f} %)")
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12 - 1.2 / len(classes)),
+        line = ax.axvline(100 * chance, color="black", linestyle="--", label=f"chance ({100 * chance:.0f} %)")
+        handles = [line] + ([Patch(color=WRONG, label="below chance")] if any(below) else [])  # red only if shown
+        ax.legend(handles=handles, ncols=len(handles), fontsize="small", loc="upper center",
+                  bbox_to_anchor=(0.5, -0.12 - 1.2 / len(classes)),
                   frameon=False)
     ax.set_xlim(0, 108)
     ax.set_xlabel(xlabel)
@@ -235,7 +265,7 @@ def alpha_sweep(scores: pd.DataFrame, alpha: float, paper_alpha: float = 0.5, la
         for i, task in enumerate(table.columns):
             ax.plot(table.index, 100 * table[task], marker="o", ms=4, color=f"C{i}", label=labels.get(task, task))
         ax.plot(table.index, 100 * table.mean(axis=1), color="black", linestyle=":", label="mean of the tasks")
-        ax.axvline(alpha, color="C3", linestyle="--", label=f"selected α = {alpha:g}")
+        ax.axvline(alpha, color=MODEL_COLOURS["patched CLIP"], linestyle="--", lw=2, label=f"selected α = {alpha:g}")
         if abs(paper_alpha - alpha) > 1e-9:
             ax.axvline(paper_alpha, color="0.5", linestyle="-.", label=f"α = {paper_alpha:g} (authors' code)")
         ax.set_xlabel("α (0 = zero-shot, 1 = fine-tuned)")
@@ -243,7 +273,7 @@ def alpha_sweep(scores: pd.DataFrame, alpha: float, paper_alpha: float = 0.5, la
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (%)")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(5, len(names)), fontsize="small")
+    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)))
     fig.suptitle(title)
     return fig
 
@@ -257,7 +287,8 @@ def before_after(table: pd.DataFrame, title: str = "Before and after patching (t
     width = 0.8 / len(cols)
     x = np.arange(len(table))
     for i, col in enumerate(cols):
-        bars = ax.bar(x + (i - (len(cols) - 1) / 2) * width, table[col], width, label=col, color=f"C{i}")
+        bars = ax.bar(x + (i - (len(cols) - 1) / 2) * width, table[col], width, label=col, color=model_colour(col),
+                      edgecolor="white")
         ax.bar_label(bars, fmt="%.0f", fontsize="small")
     ax.set_xticks(x, table.index)
     ax.set_ylim(0, 110)
@@ -307,7 +338,7 @@ def model_scores(table: pd.DataFrame, title: str = "Zero-shot classification: st
     width = 0.8 / n
     x = np.arange(table.shape[1])
     for i, (model, row) in enumerate(table.iterrows()):
-        bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=model, color=f"C{i}")
+        bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=model, color=model_colour(model))
         ax.bar_label(bars, fmt="%.1f", fontsize="small")
     ax.set_xticks(x, table.columns)
     ax.set_ylim(0, 110)
@@ -331,11 +362,12 @@ def recall_curves(curves: pd.DataFrame, points: pd.DataFrame | None = None,
     names = {"ms->rgb": "MS query → RGB gallery", "rgb->ms": "RGB query → MS gallery"}
     for ax, direction in zip(axes, directions):
         part = curves[curves["direction"] == direction]
-        ax.plot(part["k"], 100 * part["recall"], color="C0", label="aligned student")
+        ax.plot(part["k"], 100 * part["recall"], color=model_colour("student"), label="aligned student")
         ax.plot(part["k"], 100 * part["chance"], color="black", linestyle="--", label="chance (k / N)")
         if points is not None:
-            for i, (model, group) in enumerate(points[points["direction"] == direction].groupby("model", sort=False)):
-                ax.plot(group["k"], 100 * group["recall"], marker="s", linestyle="", color=f"C{i + 1}", label=model)
+            for model, group in points[points["direction"] == direction].groupby("model", sort=False):
+                ax.plot(group["k"], 100 * group["recall"], marker="s", linestyle="", color=model_colour(model),
+                        label=model)
         ax.set_xscale("log")
         ax.set_xlabel("k (log scale)")
         ax.set_title(names.get(direction, direction))
@@ -387,19 +419,20 @@ def reduction(layout: pd.DataFrame, method: str = "UMAP", title: str = "Text, RG
     """
     missing = {"x", "y", "modality", "label"} - set(layout.columns)
     if missing:
-        raise ValueError(f"reduction: layout lacks columns {sorted(missing)}; build it with mtmg.evaluation.gap.reduce_2d")
+        raise ValueError(f"reduction: layout lacks columns {sorted(missing)}; "
+                         "build it with mtmg.evaluation.gap.reduce_2d")
     names = dict(class_names or {})
     label = layout["label"].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
                                 else names.get(str(v), str(v)))
     sets = list(dict.fromkeys(layout["modality"]))
     counts = layout["modality"].value_counts()
-    markers = dict(zip(sets, "o^sDvP*X"))
+    markers = dict(zip(sets, "o^DvP*X"))  # squares are kept for the class swatches of the legend
     fig = new_figure(PAGE_WIDTH, 7.6)
     by_set, by_class = fig.subplots(2, 1)
-    for i, m in enumerate(sets):
+    for m in sets:
         part = layout[layout["modality"] == m]
         small = counts[m] < 0.1 * counts.max()
-        by_set.scatter(part["x"], part["y"], s=60 if small else 16, marker=markers[m], color=f"C{i}",
+        by_set.scatter(part["x"], part["y"], s=60 if small else 16, marker=markers[m], color=model_colour(m),
                        edgecolors="black" if small else "none", linewidths=0.6, label=m, zorder=3 if small else 2)
     by_set.set_title("coloured by set")
     by_set.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="set")
@@ -416,11 +449,9 @@ def reduction(layout: pd.DataFrame, method: str = "UMAP", title: str = "Text, RG
                 by_class.scatter(part["x"], part["y"], s=60 if small else 16, marker=markers[m],
                                  color=class_colour(c, i, len(classes)), edgecolors="black" if small else "none",
                                  linewidths=0.6, zorder=3 if small else 2)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], linestyle="", marker="s", markersize=8, color=class_colour(c, i, len(classes)),
-                      label=c) for i, c in enumerate(classes)]
-    handles += [Line2D([], [], linestyle="", marker=markers[m], markersize=7, color="0.35", label=m) for m in sets]
+    handles = [Patch(color=class_colour(c, i, len(classes)), label=c) for i, c in enumerate(classes)]
+    handles += [Line2D([], [], linestyle="", marker=markers[m], markersize=7, markerfacecolor="none",
+                       markeredgecolor="black", label=m) for m in sets]
     by_class.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small",
                     title="class (colour), set (marker)")
     by_class.set_title("coloured by class")
@@ -463,7 +494,7 @@ def gap_axis(coords: pd.DataFrame, start: str, end: str,
     rng = np.random.default_rng(0)
     for i, name in enumerate(sets):
         x = coords.loc[coords["set"] == name, "coordinate"].to_numpy()
-        ax.scatter(x, i + rng.uniform(-0.18, 0.18, len(x)), s=14, color=f"C{i}", alpha=0.8)
+        ax.scatter(x, i + rng.uniform(-0.18, 0.18, len(x)), s=14, color=model_colour(name), alpha=0.8)
         ax.plot([np.median(x)] * 2, [i - 0.3, i + 0.3], color="black", lw=2)
     for value, _name in ((0, start), (1, end)):
         ax.axvline(value, color="0.5", linestyle="--", lw=1)
@@ -486,13 +517,15 @@ def gap_bars(gaps: pd.DataFrame, title: str = "Centroid gaps between modalities"
     for i, col in enumerate(cols):
         values = gaps[col].to_numpy(dtype=float)
         bars = ax.bar(x + (i - (len(cols) - 1) / 2) * width, np.nan_to_num(values), width,
-                      label=col.removeprefix("gap_").replace("_", " ↔ "), color=f"C{i}")
+                      label=GAP_LABELS.get(col, col), color=("0.25", "0.55", "0.8")[i % 3], edgecolor="black",
+                      linewidth=0.5)
         ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize="small")
     ax.set_xticks(x, gaps.index, fontsize="small")
     ax.set_xlabel("model")
-    ax.set_ylabel("‖centroid difference‖ (unit-normalised embeddings)")
+    ax.set_ylabel("‖centroid difference‖\n(unit-normalised embeddings)")
+    ax.set_ylim(0, 1.15 * max(1e-9, float(np.nanmax(gaps[cols].to_numpy(dtype=float)))))
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=len(cols))  # never over a bar
     return fig
 
 
@@ -539,7 +572,7 @@ def gains_comparison(gains: pd.DataFrame, profile: str, title: str = "Gain from 
     fig = new_figure(11, 4)
     ours, theirs = fig.subplots(1, 2)
     bars = ours.bar(np.arange(len(gains)), gains["gain (points)"],
-                    color=["C0" if r == "remote sensing" else "C1" for r in gains["role"]])
+                    color=[ROLE_COLOURS[r] for r in gains["role"]])
     ours.bar_label(bars, fmt="%+.1f", fontsize="small")
     ours.margins(y=0.15)
     ours.set_xticks(np.arange(len(gains)), [d.replace(" (", "\n(") for d in gains["dataset"]], fontsize="small")
@@ -547,8 +580,6 @@ def gains_comparison(gains: pd.DataFrame, profile: str, title: str = "Gain from 
     ours.set_xlabel("dataset")
     ours.set_ylabel("patched − zero-shot (points)")
     ours.set_title(f"this run (profile {profile})")
-    from mtmg.book.report import PAPER_GAINS
-
     ref = pd.DataFrame([vars(r) for r in PAPER_GAINS])
     theirs.bar_label(theirs.bar(np.arange(len(ref)), ref["value"], color="0.5"), fmt="%+.2f", fontsize="small")
     theirs.margins(y=0.1)
@@ -567,9 +598,9 @@ def bands_used(title: str = "What each model reads") -> Figure:
     fig = new_figure(8, 1.9)
     ax = fig.subplots()
     x = np.arange(len(SSL4EO_BANDS))
-    for row, bands in enumerate((("B02", "B03", "B04"), SSL4EO_BANDS)):
+    for row, (model, bands) in enumerate((("zero-shot CLIP", ("B02", "B03", "B04")), ("student", SSL4EO_BANDS))):
         ax.scatter(x, np.full(len(x), row), s=160, marker="s",
-                   c=["C0" if b in bands else "0.9" for b in SSL4EO_BANDS], edgecolors="0.6")
+                   c=[MODEL_COLOURS[model] if b in bands else "0.9" for b in SSL4EO_BANDS], edgecolors="0.6")
     ax.set_xticks(x, list(SSL4EO_BANDS))
     ax.set_yticks([0, 1], ["CLIP (RGB composite)", "student (MS view)"])
     ax.set_ylim(-0.7, 1.7)
@@ -583,11 +614,6 @@ def bands_used(title: str = "What each model reads") -> Figure:
 
 def thumbnail_uri(image: np.ndarray, size: int = 64) -> str:
     """A ``data:`` URI of a uint8 (H, W, 3) image as a small JPEG, for tooltips that work offline."""
-    import base64
-    import io
-
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((size, size), Image.NEAREST).save(
         buffer, format="JPEG", quality=85)
@@ -599,7 +625,7 @@ def interactive_map(layout: pd.DataFrame, thumbnails: Sequence[str | None],
                     title: str = "Text, RGB and MS embeddings (hover a point)") -> str:
     """Self-contained HTML (BokehJS inlined, thumbnails as data URIs) of a ``reduce_2d`` layout: colour =
     class, marker = set; hovering a point shows its tile, class and set. Works with no network."""
-    from bokeh.embed import components
+    from bokeh.embed import components  # imported here: bokeh takes seconds, and only this figure needs it
     from bokeh.models import ColumnDataSource, HoverTool
     from bokeh.plotting import figure
     from bokeh.resources import Resources
@@ -610,8 +636,6 @@ def interactive_map(layout: pd.DataFrame, thumbnails: Sequence[str | None],
     labels = [None if v is None or v == "" or (isinstance(v, float) and np.isnan(v)) else names.get(str(v), str(v))
               for v in layout["label"]]
     classes = [c for c in dict.fromkeys(labels) if c is not None]
-    from matplotlib.colors import to_hex
-
     colour = {c: to_hex(class_colour(c, i, len(classes))) for i, c in enumerate(classes)}
     shapes = ("circle", "triangle", "square", "diamond", "inverted_triangle")
     markers = dict(zip(dict.fromkeys(layout["modality"]), shapes))
@@ -630,8 +654,9 @@ def interactive_map(layout: pd.DataFrame, thumbnails: Sequence[str | None],
     plot.add_tools(HoverTool(tooltips="""
         <div><img src="@thumb" width="64" height="64" style="image-rendering: pixelated" alt="tile"></div>
         <div><b>@cls</b></div><div>@set</div>"""))
-    plot.legend.location = "top_left"
     plot.legend.click_policy = "hide"
+    plot.legend.ncols = 2
+    plot.add_layout(plot.legend[0], "below")  # under the points: inside, on a phone, it hid a third of them
     plot.xaxis.major_label_text_font_size = plot.yaxis.major_label_text_font_size = "0pt"
     script, div = components(plot)
     bokeh_js = Resources(mode="inline", components=["bokeh"]).render_js()  # BokehJS core only (1.3 MB)
@@ -661,10 +686,8 @@ def layout_thumbnails(layout: pd.DataFrame, tiles: Sequence[Any]) -> list[str | 
 @book_style
 def probe_curves(results: pd.DataFrame, title: str = "Linear probe: test score against training tiles per class"
                  ) -> Figure:
-    """Few-shot curves of :func:`mtmg.evaluation.probe.run_probe` results: one panel per dataset, one line per
+    """Few-shot curves of :func:`mtmg.runs.probe.run_probe` results: one panel per dataset, one line per
     encoder (mean over draws, the draws as points); ``all`` is the whole training split."""
-    from mtmg.evaluation.probe import ALL, ENCODERS
-
     datasets = list(dict.fromkeys(results["dataset"]))
     fig = new_figure(5.5 * len(datasets), 4)
     axes = np.atleast_1d(fig.subplots(1, len(datasets)))
@@ -672,13 +695,14 @@ def probe_curves(results: pd.DataFrame, title: str = "Linear probe: test score a
         part = results[results["dataset"] == dataset]
         shots = sorted(k for k in set(part["shots"]) if k != ALL) + ([ALL] if (part["shots"] == ALL).any() else [])
         x = {k: i for i, k in enumerate(shots)}
-        for i, (model, (_, label)) in enumerate(ENCODERS.items()):
+        for model, (_, label) in ENCODERS.items():
             rows = part[part["model"] == model]
             if rows.empty:
                 continue
             mean = rows.groupby("shots")["value"].mean()
-            ax.plot([x[k] for k in shots], [100 * mean[k] for k in shots], marker="o", color=f"C{i}", label=label)
-            ax.scatter([x[k] for k in rows["shots"]], 100 * rows["value"], color=f"C{i}", s=10, alpha=0.4)
+            ax.plot([x[k] for k in shots], [100 * mean[k] for k in shots], marker="o", color=model_colour(label),
+                    label=label)
+            ax.scatter([x[k] for k in rows["shots"]], 100 * rows["value"], color=model_colour(label), s=10, alpha=0.4)
         ax.set_xticks(range(len(shots)), ["all" if k == ALL else str(k) for k in shots])
         ax.set_xlabel("training tiles per class")
         ax.set_ylabel(f"test {'macro AP' if part['metric'].iloc[0] == 'macro_ap' else 'top-1 accuracy'} (%)")
@@ -686,3 +710,85 @@ def probe_curves(results: pd.DataFrame, title: str = "Linear probe: test score a
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="small")
     fig.suptitle(title)
     return fig
+
+
+# --- the method in one picture ---------------------------------------------------------------------------
+
+#: Where the book keeps the two-stage diagram (written by :func:`write_two_stage_diagram`).
+DIAGRAM_FILE = "book/two_stages.svg"
+
+
+def _svg_box(x: float, y: float, w: float, h: float, lines: Sequence[str], colour: str) -> str:
+    step = 17
+    top = y + h / 2 - step * (len(lines) - 1) / 2 + 5
+    spans = "".join(f'<tspan x="{x + w / 2:g}" y="{top + i * step:g}">{escape(t)}</tspan>' for i, t in enumerate(lines))
+    return (f'<rect x="{x:g}" y="{y:g}" width="{w:g}" height="{h:g}" rx="6" fill="{colour}" fill-opacity="0.14" '
+            f'stroke="{colour}" stroke-width="2"/><text text-anchor="middle">{spans}</text>')
+
+
+def _svg_arrow(x1: float, y1: float, x2: float, y2: float, dashed: bool = False) -> str:
+    dash = ' stroke-dasharray="5 4"' if dashed else ""
+    return (f'<line x1="{x1:g}" y1="{y1:g}" x2="{x2:g}" y2="{y2:g}" stroke="#333333" stroke-width="1.6"{dash} '
+            'marker-end="url(#head)"/>')
+
+
+def two_stage_diagram() -> str:
+    """The method in one vector picture (SVG text, in :data:`MODEL_COLOURS`): stage 1 fine-tunes CLIP's image
+    tower through the frozen text head and interpolates it (PAINT); stage 2 distils the patched tower, shown
+    RGB composites, into a 13-band student through the same frozen head."""
+    c = MODEL_COLOURS
+    data, loss = "#555555", "#555555"
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 900 440" width="900" height="440" role="img" '
+        'font-family="DejaVu Sans, Arial, sans-serif" font-size="14" fill="#1a1a1a">',
+        '<title>The two stages of the method</title>',
+        '<desc>Stage 1, PAINT patching: the RGB composite goes through CLIP\'s image tower and the frozen zero-shot '
+        'head built by the frozen text tower from the class prompts; the tower is fine-tuned with cross-entropy and '
+        'interpolated with its zero-shot weights, giving the patched teacher. Stage 2, distillation: the frozen '
+        'patched tower embeds the RGB composite, a student embeds the 13-band view of the same tile, and the '
+        'student is trained to match the teacher\'s embedding plus a small classification term through the same '
+        'frozen head.</desc>',
+        '<defs><marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#333333"/></marker></defs>',
+        '<rect x="1" y="1" width="898" height="438" fill="white"/>',
+        # stage 1
+        '<text x="222" y="26" text-anchor="middle" font-size="15" font-weight="bold">'
+        'Stage 1 · PAINT, patching with interpolation (ch. 2)</text>',
+        _svg_box(20, 44, 190, 44, ["RGB composite", "(B04, B03, B02)"], data),
+        _svg_box(235, 44, 190, 44, ["class prompts", "“a satellite photo of …”"], c["text"]),
+        _svg_box(20, 118, 190, 44, ["CLIP image tower θ", "(trained)"], c["zero-shot CLIP"]),
+        _svg_box(235, 118, 190, 44, ["CLIP text tower", "(frozen)"], c["text"]),
+        _svg_box(20, 192, 405, 44, ["zero-shot head h (frozen): logit scale ×", "cosine with each class vector"],
+                 c["text"]),
+        _svg_box(20, 266, 405, 44, ["cross-entropy with the label y", "→ fine-tuned weights θ_ft"], loss),
+        _svg_box(20, 340, 405, 60, ["θ_α = (1 − α) θ_zs + α θ_ft,", "α chosen on validation data",
+                                    "= patched CLIP (the teacher)"], c["patched CLIP"]),
+        _svg_arrow(115, 88, 115, 116), _svg_arrow(330, 88, 330, 116), _svg_arrow(115, 162, 115, 190),
+        _svg_arrow(330, 162, 330, 190), _svg_arrow(222, 236, 222, 264), _svg_arrow(222, 310, 222, 338),
+        '<line x1="450" y1="14" x2="450" y2="426" stroke="#bbbbbb" stroke-width="1"/>',
+        # stage 2
+        '<text x="675" y="26" text-anchor="middle" font-size="15" font-weight="bold">'
+        'Stage 2 · cross-modal distillation (ch. 3)</text>',
+        _svg_box(470, 44, 200, 44, ["RGB composite", "of a tile"], data),
+        _svg_box(690, 44, 195, 44, ["13-band MS view", "of the same tile"], data),
+        _svg_box(470, 118, 200, 44, ["patched image tower θ_α", "(teacher, frozen)"], c["patched CLIP"]),
+        _svg_box(690, 118, 195, 44, ["student s", "(trained)"], c["student"]),
+        _svg_box(470, 192, 415, 44, ["feature loss ‖s − t‖² / D", "(target t: the teacher's raw embedding)"], loss),
+        _svg_box(690, 266, 195, 44, ["head h from stage 1", "(frozen)"], c["text"]),
+        _svg_box(470, 266, 200, 44, ["+ w_cls × cross-entropy", "(h(s), y), w_cls = 0.05"], loss),
+        _svg_box(470, 340, 415, 60, ["a 13-band encoder whose embeddings", "live in CLIP's space: zero-shot with",
+                                     "CLIP's text head, RGB↔MS retrieval"], c["student"]),
+        _svg_arrow(570, 88, 570, 116), _svg_arrow(787, 88, 787, 116), _svg_arrow(570, 162, 570, 190),
+        _svg_arrow(787, 162, 787, 190), _svg_arrow(787, 236, 787, 264), _svg_arrow(688, 288, 672, 288),
+        _svg_arrow(677, 310, 677, 338),
+        _svg_arrow(425, 370, 468, 140, dashed=True),
+        '</svg>',
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write_two_stage_diagram(path: str | None = None) -> str:
+    """Write :func:`two_stage_diagram` to ``path`` (default: :data:`DIAGRAM_FILE` in the project); returns the path."""
+    target = path or str(paths.PROJECT_ROOT / DIAGRAM_FILE)
+    checkpoint.atomic_write_text(target, two_stage_diagram())
+    return target

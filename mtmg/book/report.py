@@ -12,6 +12,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+
+from mtmg.core.config import to_dict
+from mtmg.evaluation import gap, intervals
+from mtmg.evaluation.baselines import BAND_STATISTICS, LABELS, protocol_name
+from mtmg.evaluation.gap import gap_magnitude, gap_summary, modality_gap
+from mtmg.evaluation.intervals import Interval
+from mtmg.evaluation.metrics import (
+    PRIMARY_METRIC,
+    authors_macro_average_precision,
+    macro_average_precision,
+    recall_at_k,
+)
+from mtmg.evaluation.probe import ALL, ENCODERS, scores_name
 
 BANNER_TITLE = "Run profile"
 DEFAULT_PROFILE_NOTE = ("These numbers come from the embedded miniature (MiniCLIP pretrained on procedural "
@@ -97,9 +111,12 @@ def reference_table(refs: Sequence[Reference] = PAPER_GAINS + CLIP_BASELINES) ->
 
 # --- banner ----------------------------------------------------------------------------------------------
 
-def banner(profile: str, model: str, weights: str, data: Sequence[str], device: str, student: str | None = None) -> str:
-    """Markdown opening an executed chapter: what ran, on what, where; a warning under ``default``."""
-    lines = [f"> **{BANNER_TITLE}: `{profile}`** (device `{device}`)", ">",
+def banner(profile: str, model: str, weights: str, data: Sequence[str], device: str, student: str | None = None,
+           threads: int | None = None) -> str:
+    """Markdown opening an executed chapter: what ran, on what, where (with the torch CPU threads the
+    stages ran on, which shape the training results); a warning under ``default``."""
+    on = f"device `{device}`" + (f", {threads} torch CPU thread{'s' if threads != 1 else ''}" if threads else "")
+    lines = [f"> **{BANNER_TITLE}: `{profile}`** ({on})", ">",
              f"> - CLIP model: `{model}`; weights: {weights}"]
     if student:
         lines.append(f"> - multispectral student: {student}")
@@ -111,8 +128,6 @@ def banner(profile: str, model: str, weights: str, data: Sequence[str], device: 
 
 def settings_table(cfg: Any, keys: Sequence[str]) -> pd.DataFrame:
     """Selected settings of a frozen config by dotted key (``"train.lr"``), as a two-column table."""
-    from mtmg.core.config import to_dict
-
     data = to_dict(cfg)
     rows = []
     for key in keys:
@@ -186,41 +201,6 @@ def most_confused(entry: Mapping[str, Any], n: int = 3) -> list[tuple[str, str, 
             for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
 
 
-def summarize_zeroshot(results: Mapping[str, Any]) -> str:
-    """What chapter 1 observed: scores against chance, the gap to the supported task, failing classes."""
-    lines = []
-    for e in results["datasets"]:
-        chance = "" if e["chance"] is None else f" (chance {pct(e['chance'])})"
-        lines.append(f"- {dataset_label(e['dataset'], e['root'])}, {e['role']}: "
-                     f"{METRIC_NAMES.get(e['metric'], e['metric'])} **{pct(e['value'])}**{chance} "
-                     f"on {e['n_samples']} {e['split']} samples.")
-    text = [f"Zero-shot `{results['model']}` in this run:", "", *lines, ""]
-    rs = [e for e in results["datasets"] if e["role"] == "remote sensing"]
-    sup = [e for e in results["datasets"] if e["role"] == "supported"]
-    if rs and sup:
-        gap = np.mean([e["value"] for e in sup]) - np.mean([e["value"] for e in rs])
-        verdict = "lower" if gap > 0 else "higher"
-        text.append(f"The mean remote-sensing score is {100 * abs(gap):.1f} points {verdict} than the mean "
-                    "supported-task score.")
-    single = [e for e in rs if not e["multilabel"]]
-    if single:
-        e = single[0]
-        acc = np.array([np.nan if v is None else v for v in e["per_class"]])
-        best = e["classes"][int(np.nanargmax(acc))]
-        zero = [c for c, a in zip(e["classes"], acc) if a == 0]
-        text.append(f"On {dataset_label(e['dataset'], e['root'])} the best class is {best} ({pct(np.nanmax(acc))}).")
-        if zero:
-            text.append(f"{len(zero)} of {len(acc)} classes are never recognised ({', '.join(zero)}).")
-        else:
-            worst = [e["classes"][i] for i in np.argsort(acc, kind="stable")[:3]]
-            text.append(f"The weakest classes are {', '.join(worst)}.")
-        confused = most_confused(e, 2)
-        if confused:
-            text.append("Most frequent confusions: " + "; ".join(f"{t} taken for {p} ({n}×)" for t, p, n in confused)
-                        + ".")
-    return "\n".join(text)
-
-
 # --- chapter 2: patching ---------------------------------------------------------------------------------
 
 def alpha_table(scores: pd.DataFrame, split: str = "val") -> pd.DataFrame:
@@ -250,38 +230,6 @@ def before_after(scores: pd.DataFrame, alpha: float, paper_alpha: float = 0.5, s
     out.index = [dataset_label(t) for t in out.index]
     out.index.name = "task"
     return out.round(2)
-
-
-def summarize_patching(scores: pd.DataFrame, alpha: float, paper_alpha: float = 0.5,
-                       log: pd.DataFrame | None = None) -> str:
-    """What chapter 2 observed: the selected α, gains on the patching task, losses on the supported task."""
-    tasks = list(dict.fromkeys(scores["task"]))
-    table = before_after(scores, alpha, paper_alpha)
-    patch_task, supported = dataset_label(tasks[0]), [dataset_label(t) for t in tasks[1:]]
-    sel, zs, ft = f"selected (α={alpha:g})", "zero-shot (α=0)", "fine-tuned (α=1)"
-    paper = f"authors' default (α={paper_alpha:g})"
-    text = [f"The PAINT rule (best mean validation score over the tasks) selected **α = {alpha:g}**; "
-            f"the authors' code uses α = {paper_alpha:g}.", "",
-            f"- {patch_task} (patching task, test): {table.loc[patch_task, zs]:.1f} % zero-shot, "
-            f"{table.loc[patch_task, sel]:.1f} % at α = {alpha:g}, {table.loc[patch_task, paper]:.1f} % at "
-            f"α = {paper_alpha:g}, {table.loc[patch_task, ft]:.1f} % fully fine-tuned."]
-    for task in supported:
-        text.append(f"- {task} (supported task, test): {table.loc[task, zs]:.1f} % zero-shot, "
-                    f"{table.loc[task, sel]:.1f} % at α = {alpha:g}, {table.loc[task, paper]:.1f} % at "
-                    f"α = {paper_alpha:g}, {table.loc[task, ft]:.1f} % fully fine-tuned.")
-    text.append("")
-    gain = table.loc[patch_task, sel] - table.loc[patch_task, zs]
-    if supported:
-        forget_ft = np.mean([table.loc[t, ft] - table.loc[t, zs] for t in supported])
-        forget_sel = np.mean([table.loc[t, sel] - table.loc[t, zs] for t in supported])
-        text.append(f"Patching changed the patching task by {gain:+.1f} points at the selected α, while the "
-                    f"supported task changed by {forget_sel:+.1f} points there and by {forget_ft:+.1f} points "
-                    f"with full fine-tuning.")
-    if log is not None and len(log) > 1:
-        n = max(1, len(log) // 10)
-        text.append(f"The fine-tuning loss went from {log['loss'].iloc[:n].mean():.3f} (first tenth of "
-                    f"{len(log)} steps) to {log['loss'].iloc[-n:].mean():.3f} (last tenth).")
-    return "\n".join(text)
 
 
 # --- chapter 3: alignment --------------------------------------------------------------------------------
@@ -317,8 +265,6 @@ def retrieval_table(results: pd.DataFrame, split: str = "test", model: str = "st
 
 def retrieval_curve(query: Any, gallery: Any, ks: Sequence[int] | None = None) -> pd.DataFrame:
     """Paired recall@k for every k (default 1..N) in both directions, with the chance level k/N."""
-    from mtmg.evaluation.metrics import recall_at_k
-
     n = len(query)
     ks = list(ks) if ks is not None else list(range(1, n + 1))
     rows = []
@@ -338,51 +284,11 @@ def recall_points(results: pd.DataFrame, dataset: str, models: Sequence[str] = (
                          "k": rows["metric"].str.removeprefix("recall@").astype(int), "recall": rows["value"]})
 
 
-def summarize_alignment(results: pd.DataFrame, log: pd.DataFrame | None = None, split: str = "test",
-                        n_items: Mapping[str, int] | None = None) -> str:
-    """What chapter 3 observed: student on MS against the teachers on RGB, retrieval against chance.
-
-    ``n_items`` (dataset -> size of the evaluated split) adds the chance level of recall@1.
-    """
-    rows = results[results["split"] == split]
-    text = []
-    for dataset in dict.fromkeys(rows["dataset"]):
-        part = rows[rows["dataset"] == dataset]
-        columns = part[["model", "modality", "metric", "value"]]
-        score = {(m, mod): v for m, mod, met, v in columns.itertuples(index=False) if met in ("top1", "macro_ap")}
-        metric = METRIC_NAMES.get(part[part["metric"].isin(("top1", "macro_ap"))]["metric"].iloc[0], "score")
-        student, teacher = score.get(("student", "ms")), score.get(("clip_patched", "rgb"))
-        zeroshot, init = score.get(("clip_zeroshot", "rgb")), score.get(("student_init", "ms"))
-        label = dataset_label(dataset)
-        if student is not None and teacher is not None:
-            rel = "above" if student > teacher else "below" if student < teacher else "level with"
-            text.append(f"- {label} ({split}, {metric}): the student on 13 bands scores **{pct(student)}**, "
-                        f"{rel} its teacher on RGB ({pct(teacher)}); zero-shot CLIP on RGB {pct(zeroshot)}, "
-                        f"the untrained student {pct(init)}.")
-        rec = part[(part["model"] == "student") & (part["metric"] == "recall@1")]
-        rec_init = part[(part["model"] == "student_init") & (part["metric"] == "recall@1")]
-        n = (n_items or {}).get(dataset)
-        for _, r in rec.iterrows():
-            base = rec_init[rec_init["modality"] == r["modality"]]["value"]
-            chance = f", chance {pct(1 / n, 2)}" if n else ""
-            ratio = f" ({r['value'] * n:.0f}× chance)" if n and r["value"] > 0 else ""
-            text.append(f"- {label} retrieval {r['modality']}: recall@1 **{pct(r['value'])}**{ratio}; "
-                        f"untrained student {pct(base.iloc[0]) if len(base) else 'n/a'}{chance}.")
-    if log is not None and len(log) > 1 and "feature_loss" in log:
-        n = max(1, len(log) // 10)
-        text.append(f"- Training: the feature (MSE) loss fell from {log['feature_loss'].iloc[:n].mean():.4f} to "
-                    f"{log['feature_loss'].iloc[-n:].mean():.4f}, the classification loss from "
-                    f"{log['cls_loss'].iloc[:n].mean():.3f} to {log['cls_loss'].iloc[-n:].mean():.3f} "
-                    f"over {len(log)} steps.")
-    return "Alignment in this run:\n\n" + "\n".join(text)
-
-
 # --- chapter 4: the modality gap -------------------------------------------------------------------------
 
 def gap_table(text: Any, rgb_zeroshot: Any, rgb_patched: Any, ms_student: Any) -> pd.DataFrame:
-    """:func:`mtmg.evaluation.gap.gap_summary` of zero-shot CLIP, patched CLIP and the student (with its teacher's RGB)."""
-    from mtmg.evaluation.gap import gap_summary
-
+    """:func:`mtmg.evaluation.gap.gap_summary` of zero-shot CLIP, patched CLIP and the student (with its
+    teacher's RGB)."""
     models = {"CLIP zero-shot": {"text": text, "rgb": rgb_zeroshot},
               "CLIP patched": {"text": text, "rgb": rgb_patched},
               "student (MS) + teacher (RGB)": {"text": text, "rgb": rgb_patched, "ms": ms_student}}
@@ -391,8 +297,6 @@ def gap_table(text: Any, rgb_zeroshot: Any, rgb_patched: Any, ms_student: Any) -
 
 def cross_model_gaps(rgb_zeroshot: Any, rgb_patched: Any, ms_student: Any) -> pd.DataFrame:
     """Centroid gaps and mean paired cosine between the image sets of different models (same tiles)."""
-    from mtmg.evaluation.gap import modality_gap
-
     pairs = {"RGB zero-shot ↔ RGB patched": (rgb_zeroshot, rgb_patched),
              "RGB zero-shot ↔ MS student": (rgb_zeroshot, ms_student),
              "RGB patched ↔ MS student": (rgb_patched, ms_student)}
@@ -404,38 +308,11 @@ def cross_model_gaps(rgb_zeroshot: Any, rgb_patched: Any, ms_student: Any) -> pd
     return pd.DataFrame(rows).set_index("pair").round(4)
 
 
-def summarize_gap(gaps: pd.DataFrame, cosine: pd.Series, cross: pd.DataFrame) -> str:
-    """What chapter 4 observed: the text↔image gaps per model, where the student sits, how far patching
-    moved the images (``gaps`` from :func:`gap_table`, ``cosine`` from ``mtmg.evaluation.gap.summarize``, ``cross``
-    from :func:`cross_model_gaps`)."""
-    zs, pt, st = gaps.index[0], gaps.index[1], gaps.index[2]
-    g = gaps.loc
-    to_patched = cross.loc["RGB patched ↔ MS student", "centroid gap"]
-    to_zeroshot = cross.loc["RGB zero-shot ↔ MS student", "centroid gap"]
-    text = [
-        f"- Text↔RGB centroid gap: {g[zs, 'gap_text_rgb']:.3f} for zero-shot CLIP, {g[pt, 'gap_text_rgb']:.3f} "
-        f"after patching ({'wider' if g[pt, 'gap_text_rgb'] > g[zs, 'gap_text_rgb'] else 'narrower'}).",
-        f"- Text↔MS gap of the student: {g[st, 'gap_text_ms']:.3f}; RGB↔MS gap to its teacher: "
-        f"{g[st, 'gap_rgb_ms']:.3f} ({'smaller' if g[st, 'gap_rgb_ms'] < g[st, 'gap_text_rgb'] else 'not smaller'} "
-        f"than the text↔image gap); mean cosine between the two views of a tile {g[st, 'cos_rgb_ms']:.3f}.",
-        f"- Cone effect (mean pairwise cosine within a set): text {g[zs, 'cone_text']:.3f}, RGB "
-        f"{g[zs, 'cone_rgb']:.3f} (zero-shot) and {g[pt, 'cone_rgb']:.3f} (patched), MS {g[st, 'cone_ms']:.3f}.",
-        f"- The same image under zero-shot and patched CLIP: median cosine {cosine['q50']:.3f} (5–95 %: "
-        f"{cosine['q05']:.3f}–{cosine['q95']:.3f}).",
-        f"- The MS student is {'closer to' if to_patched < to_zeroshot else 'not closer to'} the patched tower "
-        f"(centroid gap {to_patched:.3f}) than to the zero-shot one ({to_zeroshot:.3f}).",
-    ]
-    return "Modality gap in this run:\n\n" + "\n".join(text)
-
-
 def shift_experiment(images: Any, class_text: Any, labels: Any, steps: int = 9) -> pd.DataFrame:
     """:func:`mtmg.evaluation.gap.shift_experiment` of images against the class text embeddings, with λ spanning
     the image↔text gap on both sides (``steps`` values from −gap to +gap)."""
-    from mtmg.evaluation.gap import gap_magnitude
-    from mtmg.evaluation.gap import shift_experiment as shift
-
     lambdas = np.linspace(-1.0, 1.0, steps) * gap_magnitude(images, class_text)
-    return shift(images, class_text, lambdas, labels=labels, names=("image", "text"))
+    return gap.shift_experiment(images, class_text, lambdas, labels=labels, names=("image", "text"))
 
 
 def shift_summary(shift: pd.DataFrame) -> str:
@@ -509,28 +386,67 @@ def benchmark_table(profile: str, zeroshot: Mapping[str, Any], patched: Mapping[
     return out
 
 
-def summarize_benchmarks(profile: str, gains: pd.DataFrame, align_results: pd.DataFrame) -> str:
-    """What chapter 5 observed, and how it relates to the paper's claims (directions only under ``default``)."""
+# --- the rule of the takeaways: a difference is a gain only when its interval excludes zero ------------------
+
+def difference_sentence(subject: str, reference: str, interval: Interval, unit: str = "points") -> str:
+    """``subject`` minus ``reference`` (``interval`` in ``unit``) in words: **above** or **below** only when
+    the interval excludes zero, else "cannot be told apart" (never a gain)."""
+    bounds = f"95 % interval {interval.low:+.1f} to {interval.high:+.1f}"
+    if interval.clear:
+        word = "above" if interval.value > 0 else "below"
+        return (f"{subject} is **{word}** {reference} by {abs(interval.value):.1f} {unit} ({bounds}): "
+                "a difference these test tiles resolve.")
+    return (f"{subject} and {reference} cannot be told apart on these test tiles: the difference is "
+            f"{interval.value:+.1f} {unit}, but its {bounds} includes zero, so it is no gain or loss.")
+
+
+def head_hits(embeddings: Any, class_text: Any, targets: Any) -> np.ndarray:
+    """Per test tile, whether CLIP's text head (``class_text``) puts its class first (1) or not (0)."""
+    unit = gap.l2_normalize(embeddings)
+    return intervals.top1_hits(unit @ gap.l2_normalize(class_text).T, np.asarray(targets))
+
+
+def student_teacher_interval(emb: Any) -> Interval | None:
+    """Zero-shot top-1 of the student on MS minus its teacher's on RGB (points) on the embedded test tiles, with
+    the paired 95 % interval; None for multi-label data."""
+    if emb.multilabel:
+        return None
+    targets = np.asarray(emb.targets)
+    return intervals.hit_difference_interval(head_hits(emb.ms_student, emb.class_text, targets),
+                                             head_hits(emb.rgb_patched, emb.class_text, targets)).scaled(100)
+
+
+def summarize_benchmarks(profile: str, gains: pd.DataFrame, align_results: pd.DataFrame, emb: Any = None) -> str:
+    """What chapter 5 observed, and how it relates to the paper's claims (directions only under ``default``).
+    With ``emb`` (the test embeddings of chapter 3) the student is called above or below its teacher only when
+    the paired interval on those tiles excludes zero, and the patching gain of that dataset gets its interval."""
     text = []
     rs = gains[gains["role"] == "remote sensing"]
     sup = gains[gains["role"] == "supported"]
+    gain = (headline_intervals(emb).set_index("quantity").loc["patched − zero-shot (paired)"]
+            if emb is not None else None)
     for _, r in rs.iterrows():
         paper = r["paper's gain (points)"]
         ref = "" if np.isnan(paper) else f" (paper: {paper:+.2f} points at paper scale)"
+        sure = (f"; on the {int(gain['test tiles'])} embedded test tiles {gain['value']:+.1f} points, 95 % paired "
+                f"interval {gain['low']:+.1f} to {gain['high']:+.1f}"
+                if gain is not None and r["dataset"] == dataset_label(emb.dataset, emb.root) else "")
         text.append(f"- Patching changed {r['dataset']} zero-shot {r['metric']} by {r['gain (points)']:+.1f} "
-                    f"points{ref}.")
+                    f"points{sure}{ref}.")
     for _, r in sup.iterrows():
         text.append(f"- The supported task ({r['dataset']}) changed by {r['gain (points)']:+.1f} points "
                     f"(the paper's abstract reports ImageNet performance maintained).")
-    test = align_results[(align_results["split"] == "test") & align_results["metric"].isin(("top1", "macro_ap"))]
+    test = align_results[(align_results["split"] == "test") & align_results["metric"].isin(PRIMARY_METRIC.values())]
     for dataset in dict.fromkeys(test["dataset"]):
         part = test[test["dataset"] == dataset].set_index(["model", "modality"])["value"]
         if ("student", "ms") in part and ("clip_patched", "rgb") in part:
             s, t = part[("student", "ms")], part[("clip_patched", "rgb")]
-            verdict = "beats" if s > t else "does not beat"
-            text.append(f"- On {dataset_label(dataset)} the aligned MS student {verdict} patched CLIP on RGB "
-                        f"({pct(s)} vs {pct(t)}); the paper's abstract reports significant gains from cross-modal "
-                        f"alignment.")
+            found = student_teacher_interval(emb) if emb is not None and emb.dataset == dataset else None
+            verdict = (difference_sentence("the aligned MS student", "patched CLIP on RGB", found) if found else
+                       f"the aligned MS student scores {pct(s)} against {pct(t)} for patched CLIP on RGB (no interval "
+                       "here, so no gain is claimed).")
+            text.append(f"- On {dataset_label(dataset)} {verdict} The paper's abstract reports significant gains from "
+                        "cross-modal alignment.")
     if profile == "default":
         text.append("")
         text.append("Under the default profile only the directions of these effects can be compared with the "
@@ -547,10 +463,6 @@ def ap_conventions(emb: Any, scale: float = 100.0) -> pd.DataFrame:
 
     ``emb`` is a :class:`mtmg.runs.stages.Embeddings`; ``scale`` is 100 as in OpenAI CLIP's head.
     """
-    import torch
-
-    from mtmg.evaluation.metrics import authors_macro_average_precision, macro_average_precision
-
     text = torch.nn.functional.normalize(emb.class_text.float(), dim=1)
     targets = emb.targets.float() if emb.multilabel else torch.nn.functional.one_hot(
         emb.targets.long(), text.shape[0]).float()
@@ -602,12 +514,24 @@ def _resolved(differences: pd.DataFrame | None, dataset: str) -> str:
             + (f"; within noise: {', '.join(unclear)}." if unclear else "."))
 
 
+def _probe_verdict(differences: pd.DataFrame | None, dataset: str, full: pd.Series) -> str:
+    """The aligned student's probe (all training tiles) against its initial weights': above or below only when
+    the paired interval excludes zero (:func:`difference_sentence`)."""
+    rows = None if differences is None or differences.empty else differences[
+        (differences["dataset"] == dataset) & (differences["shots"] == "all")]
+    if rows is None or rows.empty:
+        return (f"The aligned student's probe scores {pct(full['student'])} against {pct(full['student_init'])} for "
+                "its initial weights; without an interval this is not called a gain.")
+    r = rows.iloc[0]
+    return (difference_sentence("The aligned student's probe", "its initial weights'",
+                                Interval(float(r["difference"]), float(r["low"]), float(r["high"]), int(r["n_test"])))
+            + f" ({pct(full['student'])} vs {pct(full['student_init'])}.)")
+
+
 def summarize_probe(results: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
     """What the linear probe showed: per dataset, the four encoders with all training tiles and with one
     per class, and whether alignment moved the student's probe above its initial weights'; with
     ``differences`` (:func:`mtmg.evaluation.probe.difference_table`), whether the test tiles can tell the two apart."""
-    from mtmg.evaluation.probe import ALL, ENCODERS
-
     text = []
     for dataset in dict.fromkeys(results["dataset"]):
         part = results[results["dataset"] == dataset]
@@ -618,10 +542,153 @@ def summarize_probe(results: pd.DataFrame, differences: pd.DataFrame | None = No
         scores = "; ".join(f"{ENCODERS[m][1]} {pct(full[m])}" for m in ENCODERS if m in full)
         text.append(f"- {dataset_label(dataset)} (test {metric}, all training tiles): {scores}.")
         if "student" in full and "student_init" in full:
-            verdict = "above" if full["student"] > full["student_init"] else "not above"
-            text.append(f"  The aligned student's probe is **{verdict}** its initial weights' "
-                        f"({pct(full['student'])} vs {pct(full['student_init'])})"
-                        + (f"; with one tile per class {pct(one['student'])} vs {pct(one['student_init'])}."
-                           if "student" in one and "student_init" in one else ".")
+            text.append(f"  {_probe_verdict(differences, dataset, full)}"
+                        + (f" With one tile per class: {pct(one['student'])} vs {pct(one['student_init'])}."
+                           if "student" in one and "student_init" in one else "")
                         + _one_tile(part) + _resolved(differences, dataset))
     return "Linear probe in this run:\n\n" + "\n".join(text)
+
+
+# --- intervals and baselines -----------------------------------------------------------------------------
+
+INTERVAL_COLUMN = "95 % interval"
+
+
+def _zeroshot_scores(images: Any, class_text: Any) -> np.ndarray:
+    """Cosine scores (N, C) of image embeddings against the class text embeddings (the head's ranking)."""
+    return (torch.nn.functional.normalize(torch.as_tensor(images).float(), dim=1)
+            @ torch.nn.functional.normalize(torch.as_tensor(class_text).float(), dim=1).T).double().numpy()
+
+
+def headline_intervals(emb: Any, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The headline numbers of chapters 2 and 3 on the embedded test tiles, each with its 95 % percentile-
+    bootstrap interval over those tiles (:mod:`mtmg.evaluation.intervals`; paired for differences): zero-shot
+    and patched CLIP on RGB and the patching gain, the student on MS, its difference to its teacher, and RGB↔MS
+    recall@1 both ways. ``emb``: :class:`mtmg.runs.stages.Embeddings`. Values in % or points."""
+    targets = np.asarray(emb.targets)
+    ml = bool(emb.multilabel)
+    metric = METRIC_NAMES["macro_ap" if ml else "top1"]
+    scores = {name: _zeroshot_scores(getattr(emb, name), emb.class_text)
+              for name in ("rgb_zeroshot", "rgb_patched", "ms_student")}
+    opts = {"n_boot": n_boot, "seed": seed}
+    rows = []
+
+    def add(chapter: str, quantity: str, found: Any, unit: str = "%") -> None:
+        i = found.scaled(100)
+        rows.append({"chapter": chapter, "quantity": quantity, "value": round(i.value, 2), "low": round(i.low, 2),
+                     "high": round(i.high, 2), "unit": unit, "test tiles": i.n})
+
+    def one(name: str) -> Any:
+        return intervals.score_interval([scores[name]], targets, ml, **opts)
+
+    def diff(a: str, b: str) -> Any:
+        return intervals.difference_interval([scores[a]], [scores[b]], targets, ml, **opts)
+
+    add("2", f"CLIP zero-shot on RGB, {metric}", one("rgb_zeroshot"))
+    add("2", f"CLIP patched (α = {emb.alpha:g}) on RGB, {metric}", one("rgb_patched"))
+    add("2", "patched − zero-shot (paired)", diff("rgb_patched", "rgb_zeroshot"), "points")
+    add("3", f"student (aligned) on MS, {metric}", one("ms_student"))
+    add("3", "student on MS − patched CLIP on RGB (paired)", diff("ms_student", "rgb_patched"), "points")
+    for direction, (q, g) in {"ms→rgb": (emb.ms_student, emb.rgb_patched),
+                              "rgb→ms": (emb.rgb_patched, emb.ms_student)}.items():
+        add("3", f"RGB↔MS recall@1, {direction}", intervals.hit_interval(intervals.retrieval_hits(q, g, 1), **opts))
+    return pd.DataFrame(rows)
+
+
+def _interval_text(value: float, low: float, high: float, signed: bool) -> tuple[str, str]:
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f.format(value) + (" points" if signed else " %"), f"{f.format(low)} to {f.format(high)}"
+
+
+def interval_table(intervals: pd.DataFrame, chapter: str | None = None) -> pd.DataFrame:
+    """:func:`headline_intervals` (the rows of one ``chapter``, else all) as a table to print: value and
+    its 95 % interval per quantity."""
+    rows = intervals if chapter is None else intervals[intervals["chapter"] == chapter]
+    texts = [_interval_text(v, lo, hi, u == "points")
+             for v, lo, hi, u in zip(rows["value"], rows["low"], rows["high"], rows["unit"])]
+    return pd.DataFrame({"value": [t[0] for t in texts], INTERVAL_COLUMN: [t[1] for t in texts],
+                         "test tiles": rows["test tiles"].to_numpy()},
+                        index=pd.Index(rows["quantity"], name="quantity"))
+
+
+def alpha_over_seeds(alphas: Mapping[int, float]) -> str:
+    """The selected α of each training seed of stage 1 and the range it took (Markdown)."""
+    if not alphas:
+        return "No stage 1 run to read the selected α from."
+    listed = ", ".join(f"{a:g} (seed {s})" for s, a in sorted(alphas.items()))
+    low, high = min(alphas.values()), max(alphas.values())
+    spread = (f"the selected α ranges from {low:g} to {high:g} over these {len(alphas)} seeds" if low != high
+              else f"the same α over these {len(alphas)} seeds")
+    return (f"Selected α by training seed of stage 1: {listed}; {spread}. The validation split decides α, "
+            "and a few tiles more or less there can move it.")
+
+
+PROTOCOL_NAMES = {"mtmg": "mtmg probe", "clip_benchmark": "CLIP_benchmark protocol"}
+DIFFERENCE_ROW = "student (aligned) − student before alignment (paired)"
+
+
+def probe_protocols(results: pd.DataFrame, scores: Mapping[str, np.ndarray], *, n_boot: int = 1000) -> pd.DataFrame:
+    """Per dataset and encoder, the probe with all training tiles under the project's protocol and under
+    CLIP_benchmark's, each with its 95 % interval over the test tiles, and the band-statistics baseline
+    (:mod:`mtmg.evaluation.baselines`); per dataset and protocol also the aligned student minus its initial
+    weights (paired interval). ``scores``: the probe folder's test scores. Long form: dataset, encoder,
+    protocol, value, low, high (% or points), n."""
+    rows = []
+    for dataset in dict.fromkeys(results["dataset"]):
+        targets = scores[scores_name(dataset, "targets")]
+        ml = targets.ndim == 2
+        for protocol in PROTOCOL_NAMES:
+            fits = {m: scores.get(scores_name(dataset, protocol_name(m, protocol), ALL, 0))
+                    for m in (*ENCODERS, BAND_STATISTICS)}
+            found = {LABELS.get(m) or ENCODERS[m][1]: intervals.score_interval([f], targets, ml, n_boot=n_boot)
+                     for m, f in fits.items() if f is not None}
+            if fits["student"] is not None and fits["student_init"] is not None:
+                found[DIFFERENCE_ROW] = intervals.difference_interval([fits["student"]], [fits["student_init"]],
+                                                                      targets, ml, n_boot=n_boot)
+            rows += [{"dataset": dataset_label(dataset), "encoder": name, "protocol": protocol,
+                      "value": 100 * i.value, "low": 100 * i.low, "high": 100 * i.high, "n": i.n}
+                     for name, i in found.items()]
+    return pd.DataFrame(rows, columns=["dataset", "encoder", "protocol", "value", "low", "high", "n"])
+
+
+def protocols_table(long: pd.DataFrame) -> pd.DataFrame:
+    """:func:`probe_protocols` to print: one row per dataset and encoder, one column per protocol (score or
+    difference with its 95 % interval)."""
+    cells = long.assign(cell=[" ".join((t[0], f"({t[1]})")) for t in (
+        _interval_text(v, lo, hi, e == DIFFERENCE_ROW)
+        for v, lo, hi, e in zip(long["value"], long["low"], long["high"], long["encoder"]))])
+    table = cells.pivot_table(index=["dataset", "encoder"], columns="protocol", values="cell", aggfunc="first",
+                              sort=False)
+    return table[[p for p in PROTOCOL_NAMES if p in table.columns]].rename(columns=PROTOCOL_NAMES).fillna("—")
+
+
+def summarize_protocols(long: pd.DataFrame) -> str:
+    """What :func:`probe_protocols` shows, in plain words, whatever it shows: which encoders the band statistics
+    baseline stays below or above, and whether each protocol tells the student from its initial weights."""
+    text = []
+    for (dataset, protocol), part in long.groupby(["dataset", "protocol"], sort=False):
+        rows = part.set_index("encoder")
+        if LABELS["bands"] not in rows.index:
+            continue
+        bands = rows.loc[LABELS["bands"]]
+        encoders = rows.drop(index=[LABELS["bands"], DIFFERENCE_ROW], errors="ignore")
+        above = [e for e, r in encoders.iterrows() if r["low"] > bands["high"]]
+        below = [e for e, r in encoders.iterrows() if r["high"] < bands["low"]]
+        level = [e for e in encoders.index if e not in above + below]
+        parts = [f"the band statistics score {bands['value']:.1f} %"]
+        parts += [f"clearly above them: {', '.join(above)}"] if above else []
+        parts += [f"clearly below them: {', '.join(below)}"] if below else []
+        parts += [f"not told apart from them: {', '.join(level)}"] if level else []
+        if DIFFERENCE_ROW in rows.index:
+            d = rows.loc[DIFFERENCE_ROW]
+            parts.append(f"the aligned student is **{'ahead of' if d['value'] > 0 else 'behind'}** its initial "
+                         f"weights by {abs(d['value']):.1f} points (interval {d['low']:+.1f} to {d['high']:+.1f})"
+                         if d["low"] > 0 or d["high"] < 0 else
+                         f"the aligned student and its initial weights cannot be told apart ({d['value']:+.1f} "
+                         f"points, interval {d['low']:+.1f} to {d['high']:+.1f})")
+        text.append(f"- {dataset}, {PROTOCOL_NAMES[protocol]}: " + "; ".join(parts) + ".")
+    return ("All training tiles, two probe protocols and a baseline without any encoder (95 % intervals over the "
+            "test tiles):\n\n" + "\n".join(text) + "\n\nAn encoder whose probe does not rise above the bands' "
+            "means and spreads has not given a linear classifier more than those 26 numbers do. Where the two "
+            "protocols disagree about the student and its initial weights, the verdict belongs to the protocol, "
+            "not to the encoders.")

@@ -5,23 +5,38 @@ notebook (dotted config keys, see :func:`mtmg.runs.profiles.load_profile`). :fun
 change (the run store gives every parameter set its own folders and reuses the stages the change does
 not touch, so a change to stage 2 re-runs stage 2 only and never overwrites the book's run) and
 measures the quantities the exercise asks about; :func:`solution` sets them beside the book's run.
+
+The exercises' text lives beside the book in ``book/exercises.yaml`` (:func:`load_exercises`): the run
+exercises, one coding exercise per chapter (checked against the library by :func:`check_code`), and each
+chapter's conceptual questions and discussion prompts.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
+import yaml
 
+from mtmg.book import report, views
+from mtmg.core import paths
+from mtmg.core.errors import ConfigError
+from mtmg.data.sentinel2 import ndvi
+from mtmg.evaluation import gap, metrics
+from mtmg.method import losses
+from mtmg.models.clip import ZeroShotHead
 from mtmg.runs import pipeline, profiles
-from mtmg.book import report
 from mtmg.runs.profiles import Profile
 
-#: The stages each chapter runs, in the order the pipeline records them.
-CHAPTER_STAGES = {1: ("zeroshot",), 2: ("patch",), 3: ("align", "embeddings"), 4: (), 5: ("zeroshot_patched",)}
+#: The stages each chapter runs, in the order the pipeline records them (chapter 4 analyses chapter 3's).
+CHAPTER_STAGES = {chapter: pipeline.chapter_stages(chapter) for chapter in range(1, 6)}
 
 
 @dataclass(frozen=True)
@@ -29,7 +44,8 @@ class Exercise:
     """One change a learner makes through a chapter's ``overrides`` parameter.
 
     ``measure`` names what is compared (a key of :data:`MEASURES`); ``task`` is the question (Markdown);
-    ``explanation`` is the reasoning a solution gives beside the measured numbers.
+    ``explanation`` is the reasoning a solution gives beside the measured numbers; ``expect`` the expected
+    outcome in one line (for facilitators); ``reuses`` the label of the exercise whose run this one reads.
     """
 
     label: str
@@ -39,6 +55,8 @@ class Exercise:
     measure: str
     task: str
     explanation: str
+    expect: str = ""
+    reuses: str | None = None
 
     def overrides_text(self) -> str:
         """The ``overrides`` assignment a learner types into the parameters cell."""
@@ -172,8 +190,13 @@ def solution(result: ExerciseResult) -> str:
 
 
 def chapter_exercises(chapter: int) -> list[Exercise]:
-    """The exercises of one chapter, in order."""
+    """The predict-then-run exercises of one chapter, in order."""
     return [ex for ex in EXERCISES if ex.chapter == chapter]
+
+
+def chapter_code_exercises(chapter: int) -> list[CodeExercise]:
+    """The coding exercises of one chapter, in order."""
+    return [ex for ex in CODE_EXERCISES if ex.chapter == chapter]
 
 
 #: MIME prefix under which myst-nb finds a glued value that the notebook does not display.
@@ -186,7 +209,7 @@ def glue_markdown(glued: Mapping[str, str]) -> None:
     The outputs are those of ``myst_nb.glue(key, IPython.display.Markdown(text), display=False)``;
     written here directly because importing myst-nb's glue module (its notebook reader) costs seconds
     in every chapter."""
-    from IPython.core.formatters import format_display_data
+    from IPython.core.formatters import format_display_data  # imported here: only a notebook kernel needs IPython
     from IPython.display import Markdown, display
 
     for key, text in glued.items():
@@ -203,9 +226,11 @@ SOLUTIONS_DOC = "07_exercise_solutions"
 
 
 def chapter_glue(prof: Profile, chapter: int, threads: int | None = None) -> dict[str, str]:
-    """Markdown for a chapter's glue keys: ``time-box`` and ``<label>-task`` for each of its exercises.
-    Nothing is run here: the solutions are measured by :func:`solutions_glue` on their own page."""
+    """Markdown for a chapter's glue keys: ``time-box``, ``questions`` and ``<label>-task`` for each of its
+    exercises. Nothing is run here: the solutions are measured by :func:`solutions_glue` on their own page."""
     out = {f"{ex.label}-task": exercise_text(ex) for ex in chapter_exercises(chapter)}
+    out |= {f"{ex.label}-task": code_exercise_text(ex) for ex in chapter_code_exercises(chapter)}
+    out["questions"] = questions_text(chapter)
     out["time-box"] = time_box(prof, chapter, threads)
     return out
 
@@ -214,8 +239,9 @@ def solutions_glue(prof: Profile, threads: int | None = None) -> dict[str, str]:
     """Markdown for the solutions page: ``<label>-solution`` for every exercise and ``solutions-time``.
 
     Under the :data:`SOLUTIONS_PROFILE` profile every exercise's change is run (or its finished run reused)
-    and measured beside the book's run; under another profile each solution says how to get it."""
-    out: dict[str, str] = {}
+    and measured beside the book's run; under another profile each solution says how to get it. Every coding
+    exercise's ``<label>-solution`` is its tested solution."""
+    out: dict[str, str] = {f"{ex.label}-solution": code_solution_text(ex) for ex in CODE_EXERCISES}
     if prof.name != SOLUTIONS_PROFILE:
         for ex in EXERCISES:
             out[f"{ex.label}-solution"] = (f"The measured solutions belong to the `{SOLUTIONS_PROFILE}` profile; "
@@ -278,7 +304,13 @@ def time_box(prof: Profile, chapter: int, threads: int | None = None) -> str:
     where = "on " + machine_text(threads)
     stages = ", ".join(f"`{s}`" for s in CHAPTER_STAGES[chapter])
     if not CHAPTER_STAGES[chapter]:
-        main = "no stage of its own: it analyses the embeddings chapter 3 wrote (UMAP is the slowest step)"
+        try:
+            fitted = views.layout_seconds(pipeline.stage_folder(prof, "embeddings"))
+        except FileNotFoundError:  # chapter 3's stages have not run: no embeddings, no maps
+            fitted = None
+        main = ("no training stage of its own (it analyses the embeddings chapter 3 wrote); "
+                + (f"{duration(fitted)} to fit the UMAP and PCA maps" if fitted is not None else
+                   "the maps were read from an earlier run, so no time was recorded"))
     elif seconds is None:
         main = f"the stage {stages} was reused from an earlier run, so no time was recorded"
     else:
@@ -288,12 +320,7 @@ def time_box(prof: Profile, chapter: int, threads: int | None = None) -> str:
 
 def run_time_table(prof: Profile) -> pd.DataFrame:
     """:func:`mtmg.runs.pipeline.run_times` with the chapter of each stage and what its time includes."""
-    includes = {"zeroshot": "zero-shot heads and scoring; also MiniCLIP pretraining when its weights were not "
-                            "in cache/ yet",
-                "patch": "fine-tuning, the α sweep on validation and test splits",
-                "align": "teacher embeddings, distillation, evaluation",
-                "embeddings": "embedding the test tiles with every model",
-                "zeroshot_patched": "zero-shot scoring of the patched model"}
+    includes = {name: stage.includes for name, stage in pipeline.STAGES.items()}
     chapter = {stage: ch for ch, stages in CHAPTER_STAGES.items() for stage in stages}
     times = pipeline.run_times(prof)
     out = pd.DataFrame({"stage": times["stage"], "chapter": [chapter.get(s, "") for s in times["stage"]],
@@ -304,144 +331,190 @@ def run_time_table(prof: Profile) -> pd.DataFrame:
 
 # --- the exercises ---------------------------------------------------------------------------------------
 
-EXERCISES: tuple[Exercise, ...] = (
-    Exercise(
-        "ex-untrained-clip", 1, "An untrained CLIP",
-        {"zeroshot.clip.pretrained": None}, "zeroshot",
-        "Score a MiniCLIP with random weights instead of the pretrained ones. Predict its zero-shot "
-        "accuracy on EuroSAT and on the supported task before you run it.",
-        "A randomly initialised CLIP has text and image towers that were never trained to agree, so its "
-        "zero-shot head carries no information about the images: both scores fall to around chance "
-        "(10 % for ten classes). The gap between this floor and the pretrained model is what pretraining "
-        "bought; on EuroSAT that margin is small in the miniature, which is the distribution shift this "
-        "chapter is about. Random weights differ on every run, so your numbers will differ by a few points."),
-    Exercise(
-        "ex-validation-tiles", 1, "Other tiles, same model",
-        {"zeroshot.tasks.0.test_split": "val"}, "zeroshot",
-        "Score zero-shot CLIP on the 50 validation tiles instead of the 50 test tiles. How far apart "
-        "are the two accuracies, and what does that tell you about the precision of a 50-tile score?",
-        "Nothing about the model changed, only which 50 tiles are scored: the difference is sampling "
-        "noise. With 5 tiles per class one tile moves the accuracy by 2 points; the binomial standard "
-        "error of an accuracy p on 50 tiles is about √(p(1−p)/50), 5–7 points here. Read every miniature "
-        "number in this book with that precision in mind."),
-    Exercise(
-        "ex-training-tiles", 1, "A zero-shot model has no training set",
-        {"zeroshot.tasks.0.test_split": "train"}, "zeroshot",
-        "Score zero-shot CLIP on the 100 training tiles instead of the 50 test tiles. Is that cheating? "
-        "What do you expect compared with the test score?",
-        "It is not cheating here: the zero-shot model has never seen any EuroSAT tile (chapter 2 is the first "
-        "to train on them), so for it the training tiles are simply 100 more unseen tiles. Their accuracy "
-        "differs from the test accuracy only by sampling noise, which is smaller with 100 tiles than with "
-        "50. After patching the same comparison would be meaningless, because the patched model was "
-        "fine-tuned on exactly these tiles."),
-    Exercise(
-        "ex-coarse-alpha", 2, "A coarser α grid",
-        {"patch.alphas": [0.0, 0.25, 0.5, 0.75, 1.0]}, "patch",
-        "Sweep α in steps of 0.25 instead of 0.1. Does the selected α move, and does the patched "
-        "model's test accuracy change?",
-        "The fine-tuning itself is the same (same seed, same data), so the end points α = 0 and α = 1 "
-        "keep their scores; only the candidates between them change. The rule picks the best mean "
-        "validation score among the candidates, so with a coarser grid it can only pick one of 0.25, "
-        "0.5 or 0.75 and the test score at the selected α follows that choice."),
-    Exercise(
-        "ex-patch-seed", 2, "Another seed",
-        {"patch.train.seed": 1}, "patch",
-        "Fine-tune with seed 1 instead of 0. How much does the selected α move?",
-        "The seed changes the order of the training batches and the augmentations, so the fine-tuned "
-        "weights and every score between α = 0 and α = 1 change a little (α = 0 is the untouched "
-        "zero-shot model and keeps its score). With only 5 validation tiles per class, small changes in "
-        "the validation curve are enough to move the selected α: the choice of α is noisy in the "
-        "miniature, as the README's three seeds also show."),
-    Exercise(
-        "ex-patch-short", 2, "Less fine-tuning",
-        {"patch.train.epochs": 5}, "patch",
-        "Fine-tune for 5 epochs instead of 30. Predict what happens to the EuroSAT gain and to the "
-        "supported task at α = 1.",
-        "Fewer steps move the weights less far from the zero-shot ones: the fine-tuned end point "
-        "(α = 1) gains less on EuroSAT and typically forgets less of the supported task, and the "
-        "interpolation has less to trade off."),
-    Exercise(
-        "ex-cls-weight-zero", 3, "Without the classification term",
-        {"align.cls_weight": 0.0}, "align",
-        "Set the weight of the classification term (`cls_weight`, 0.05 by default) to 0, so the student "
-        "only imitates its teacher's embeddings. Does the student still classify better than its teacher?",
-        "Without the term the student never sees a label: everything it knows about the classes comes "
-        "from copying the teacher's embeddings of the same tiles, so any advantage over the teacher must "
-        "come from the 10 extra bands and from the training itself. Compare the student's accuracy "
-        "here with the book's run to see how much the small label term (weight 0.05) contributed."),
-    Exercise(
-        "ex-cosine-loss", 3, "Cosine instead of squared error",
-        {"align.feature_loss": "cosine"}, "align",
-        "Use the cosine feature loss instead of the mean squared error. Zero-shot classification and "
-        "retrieval only compare directions: should the change matter?",
-        "The squared error also asks the student to match the length of each teacher embedding; the "
-        "cosine loss asks only for its direction, which is all that zero-shot classification and "
-        "retrieval use (both normalise first). The two losses give different gradients and so "
-        "different students; the table shows which one served this miniature better."),
-    Exercise(
-        "ex-no-augment", 3, "No augmentation",
-        {"align.augment": "none"}, "align",
-        "Switch off the D4 augmentation (flips and quarter turns) of the paired views. Predict the "
-        "effect on the student's test accuracy and on retrieval.",
-        "With 100 training tiles the student sees every tile in one orientation only: it can fit the "
-        "training tiles more easily and has fewer distinct examples to generalise from. The D4 "
-        "symmetries are free extra data for images seen from above, which is why the default uses them."),
-    Exercise(
-        "ex-gap-cls-weight", 4, "The gap without the label term",
-        {"align.cls_weight": 0.0}, "gap",
-        "With `cls_weight = 0` (the run of *Without the classification term* in chapter 3), does the "
-        "student's MS cloud sit closer to its teacher's RGB cloud or to the text, compared with the book's run?",
-        "The classification term pulls the student's embeddings towards the class-prompt vectors; without "
-        "it the student only imitates the teacher. Compare the text↔MS and RGB↔MS gaps in the two runs: "
-        "the change in the text↔MS gap is the effect of the label term on where the student sits."),
-    Exercise(
-        "ex-gap-cosine", 4, "The gap under a cosine loss",
-        {"align.feature_loss": "cosine"}, "gap",
-        "With the cosine feature loss (the run of *Cosine instead of squared error* in chapter 3), is the "
-        "RGB↔MS gap smaller or larger, and how similar are the two views of a tile?",
-        "The gap is measured between unit-normalised embeddings, so it depends only on directions. The "
-        "cosine loss optimises the cosine between the two views of each training tile; whether that carries "
-        "over to the 50 test tiles is what the last row shows. Retrieval (chapter 3's exercise) depends on "
-        "the ranking of the similarities rather than on their mean, so it can improve while the mean cosine "
-        "and the gap do not."),
-    Exercise(
-        "ex-gap-fewer-tiles", 4, "A gap from fewer tiles",
-        {"embed_max": 20}, "gap",
-        "Embed only 20 test tiles instead of all 50. How much do the centroid gaps move?",
-        "Nothing was retrained: the same models embed a random subset of 20 tiles. A centroid averages "
-        "fewer vectors, so its estimate is noisier, and a gap between two noisy centroids tends to be a "
-        "little larger than the gap between the true means. The differences in the table are the "
-        "precision of the gap estimates in this miniature."),
-    Exercise(
-        "ex-seed-1", 5, "Another seed for the student",
-        {"align.train.seed": 1}, "benchmark",
-        "Distil the student with seed 1 (the patched teacher stays the book's). Which of this chapter's "
-        "conclusions about the student survive? Chapter 2's exercise *Another seed* does the same for stage 1; "
-        "the notebook parameter `seed = 1` changes both stages at once.",
-        "The seed changes the student's initial weights, the order of the batches and the augmentations; "
-        "the teacher and every number of stage 1 stay exactly as they were (the patching rows of the table "
-        "do not move). Conclusions that hold for both seeds (the student retrieves far above chance, it "
-        "classifies MS tiles at least as well as before training) are findings of the method; differences "
-        "of a few points are noise of a 50-tile test set. Report a miniature result as a range over seeds, "
-        "never as one number."),
-    Exercise(
-        "ex-heavy-label-term", 5, "A heavier label term",
-        {"align.cls_weight": 0.5}, "align",
-        "Raise the weight of the classification term from 0.05 to 0.5. Predict what happens to the "
-        "student's zero-shot accuracy and to RGB↔MS retrieval.",
-        "A heavier label term makes the student more of a supervised classifier of the 100 training tiles "
-        "and less of a copy of its teacher. Zero-shot accuracy can rise or fall (it is scored with the "
-        "same frozen head the term trains through, but on unseen tiles), while retrieval depends only on "
-        "how closely the student reproduces the teacher's embedding of each tile. The table shows which "
-        "way each moved in this miniature: a trade-off between the two goals of the loss."),
-    Exercise(
-        "ex-align-short", 5, "A shorter distillation",
-        {"align.train.epochs": 20}, "align",
-        "Distil for 20 epochs instead of 60. How much of the student's accuracy and retrieval is left?",
-        "Fewer epochs leave the student further from its teacher: the feature loss has not come down as "
-        "far (see chapter 3's curve), so both zero-shot accuracy on MS and retrieval, which depend on "
-        "how well the student reproduces the teacher's space, are expected to drop."),
-)
+#: The exercises' data: questions, override lines, expected outcomes, discussion prompts, coding exercises.
+EXERCISES_FILE = paths.PROJECT_ROOT / "book" / "exercises.yaml"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A conceptual question of a chapter with its answer."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class CodeExercise:
+    """A function a learner writes; :func:`check_code` compares it with the library's on random inputs."""
+
+    label: str
+    chapter: int
+    title: str
+    task: str
+    starter: str
+    solution: str
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Exercises:
+    """Everything ``book/exercises.yaml`` holds."""
+
+    runs: tuple[Exercise, ...]
+    code: tuple[CodeExercise, ...]
+    questions: dict[int, tuple[Question, ...]]
+    discussion: dict[int, tuple[str, ...]]
+
+
+def load_exercises(path: str | os.PathLike = EXERCISES_FILE) -> Exercises:
+    """Read the exercises' data file; a missing field names the file, the entry and the field."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+
+    def field_of(entry: Mapping[str, Any], name: str, where: str) -> Any:
+        if name not in entry:
+            raise ConfigError(f"{path}: {where} has no {name!r}; add it (see the comment at the top of the file)")
+        return entry[name]
+
+    runs = []
+    for i, e in enumerate(data.get("runs") or []):
+        where = f"runs[{i}] ({e.get('id', '?')})"
+        measure = field_of(e, "measure", where)
+        if measure not in MEASURES:
+            raise ConfigError(f"{path}: {where} measures {measure!r}; use one of {sorted(MEASURES)}")
+        runs.append(Exercise(field_of(e, "id", where), int(field_of(e, "chapter", where)), field_of(e, "title", where),
+                             dict(field_of(e, "overrides", where)), measure, field_of(e, "question", where),
+                             field_of(e, "explanation", where), field_of(e, "expect", where), e.get("reuses")))
+    code = []
+    for i, e in enumerate(data.get("code") or []):
+        where = f"code[{i}] ({e.get('id', '?')})"
+        label = field_of(e, "id", where)
+        if label not in CODE_CHECKS:
+            raise ConfigError(f"{path}: {where} has no check; known: {sorted(CODE_CHECKS)}")
+        code.append(CodeExercise(label, int(field_of(e, "chapter", where)), field_of(e, "title", where),
+                                 field_of(e, "question", where), field_of(e, "starter", where),
+                                 field_of(e, "solution", where), field_of(e, "explanation", where)))
+    chapters = data.get("chapters") or {}
+    questions = {int(ch): tuple(Question(q["question"], q["answer"]) for q in part.get("questions") or [])
+                 for ch, part in chapters.items()}
+    discussion = {int(ch): tuple(part.get("discussion") or []) for ch, part in chapters.items()}
+    labels = [ex.label for ex in runs] + [ex.label for ex in code]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: ids {duplicates} appear more than once; every id must be unique")
+    return Exercises(tuple(runs), tuple(code), questions, discussion)
+
+
+# --- coding exercises: the library's function and random inputs to compare on -------------------------------
+
+def _reference_ndvi(tile: np.ndarray) -> np.ndarray:
+    return ndvi(tile)
+
+
+def _inputs_ndvi(rng: np.random.Generator) -> tuple:
+    return (rng.uniform(0.01, 0.6, size=(13, 8, 8)),)
+
+
+def _reference_head(features: torch.Tensor, class_text: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    return ZeroShotHead(class_text, logit_scale)(features)
+
+
+def _inputs_head(rng: np.random.Generator) -> tuple:
+    return (torch.from_numpy(rng.normal(size=(6, 16))).float(), torch.from_numpy(rng.normal(size=(4, 16))).float(),
+            float(rng.uniform(1, 100)))
+
+
+def _reference_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return losses.feature_loss("cosine", student, teacher)
+
+
+def _inputs_pair(rng: np.random.Generator) -> tuple:
+    return tuple(torch.from_numpy(rng.normal(size=(12, 16))).float() for _ in range(2))
+
+
+def _reference_cone(x: np.ndarray) -> float:
+    return gap.cone_statistic(x)
+
+
+def _inputs_cone(rng: np.random.Generator) -> tuple:
+    return (rng.normal(size=(12, 16)) + rng.normal(size=16),)
+
+
+def _reference_recall(query: torch.Tensor, gallery: torch.Tensor) -> float:
+    return metrics.recall_at_k(query, gallery, (1,))[1]
+
+
+def _inputs_recall(rng: np.random.Generator) -> tuple:
+    query = torch.from_numpy(rng.normal(size=(20, 16))).float()
+    return query, query + torch.from_numpy(rng.normal(scale=1.2, size=(20, 16))).float()
+
+
+#: For each coding exercise: the library function a learner's must agree with, and a random-input maker.
+CODE_CHECKS: dict[str, tuple[Callable[..., Any], Callable[[np.random.Generator], tuple]]] = {
+    "code-ndvi": (_reference_ndvi, _inputs_ndvi),
+    "code-head-logits": (_reference_head, _inputs_head),
+    "code-cosine-loss": (_reference_cosine, _inputs_pair),
+    "code-cone": (_reference_cone, _inputs_cone),
+    "code-recall-at-1": (_reference_recall, _inputs_recall),
+}
+
+
+def check_code(label: str, fn: Callable[..., Any], trials: int = 5, seed: int = 0) -> str:
+    """Compare a learner's function with the library's on ``trials`` random inputs.
+
+    Returns a one-line verdict that starts with ``"Correct"`` when every result agrees (to 1e-5),
+    otherwise with ``"Not yet"`` and the first disagreement."""
+    if label not in CODE_CHECKS:
+        raise ValueError(f"no coding exercise {label!r}; use one of {sorted(CODE_CHECKS)}")
+    reference, make_inputs = CODE_CHECKS[label]
+    rng = np.random.default_rng(seed)
+    for trial in range(trials):
+        inputs = make_inputs(rng)
+        expected = np.asarray(_as_numpy(reference(*inputs)), dtype=float)
+        try:
+            got = np.asarray(_as_numpy(fn(*inputs)), dtype=float)
+        except Exception as exc:  # noqa: BLE001 - a learner's error is reported, not raised
+            return f"Not yet: the function raised {type(exc).__name__}: {exc}"
+        if got.shape != expected.shape:
+            return f"Not yet: trial {trial + 1} returned shape {got.shape}, the library {expected.shape}"
+        if not np.allclose(got, expected, rtol=1e-5, atol=1e-5):
+            worst = float(np.max(np.abs(got - expected)))
+            return f"Not yet: trial {trial + 1} differs from the library by up to {worst:.3g}"
+    return f"Correct: equal to the library's result on {trials} random inputs"
+
+
+def _as_numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def code_exercise_text(exercise: CodeExercise) -> str:
+    """Markdown of a coding exercise: the task, the code to complete and how to check it."""
+    return (f"{exercise.task}\n\n```python\n{exercise.starter.rstrip()}\n```\n\n"
+            f"Check it in a new cell with `teaching.check_code(\"{exercise.label}\", "
+            f"{_function_name(exercise.starter)})`.")
+
+
+def code_solution_text(exercise: CodeExercise) -> str:
+    """Markdown of a coding exercise's solution (the one the test suite checks) and its explanation."""
+    return f"```python\n{exercise.solution.rstrip()}\n```\n\n{exercise.explanation}"
+
+
+def _function_name(code: str) -> str:
+    return re.search(r"^def (\w+)", code, flags=re.M).group(1)
+
+
+def questions_text(chapter: int) -> str:
+    """Markdown of a chapter's conceptual questions, each answer in a collapsed block."""
+    blocks = []
+    for i, q in enumerate(EXERCISE_DATA.questions.get(chapter, ()), 1):
+        blocks.append(f"{i}. {q.question}\n\n   ```{{admonition}} Answer\n   :class: dropdown\n\n"
+                      f"   {q.answer}\n   ```")
+    return "\n\n".join(blocks)
+
+
+EXERCISE_DATA = load_exercises()
+EXERCISES: tuple[Exercise, ...] = EXERCISE_DATA.runs
+CODE_EXERCISES: tuple[CodeExercise, ...] = EXERCISE_DATA.code
 
 
 # --- chapter 5's tables ----------------------------------------------------------------------------------

@@ -2,22 +2,28 @@
 analysis and retrieval examples, all read from a profile's paired dataset or its embeddings."""
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from mtmg.core import checkpoint
+from mtmg.data.sentinel2 import REFLECTANCE_SCALE, SSL4EO_BANDS
+from mtmg.data.tasks import open_split, sample_ids
+from mtmg.evaluation.gap import reduce_2d
 from mtmg.runs.profiles import Profile
 from mtmg.runs.stages import Embeddings, subset_indices
-from mtmg.data.tasks import open_split, sample_ids
 
 
 def open_paired(prof: Profile, split: str | None = None, rgb_transform: Any = None, ms_transform: Any = None) -> Any:
     """The paired RGB/MS dataset of chapters 3-4 (:attr:`Profile.embed_data`), one split."""
-    return open_split(prof.embed_data, split or prof.embed_split, rgb_transform, ms_transform)
+    return open_split(prof.embed_data, split or prof.embeddings.split, rgb_transform, ms_transform)
 
 
 def embedding_sets(emb: Embeddings) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
@@ -29,6 +35,29 @@ def embedding_sets(emb: Embeddings) -> tuple[dict[str, torch.Tensor], dict[str, 
     labels = {"text (class prompts)": [names[i] for i in emb.text_labels.tolist()],
               **{k: image_labels for k in list(sets)[1:]}}
     return sets, labels
+
+
+def ensure_layout(prof: Profile, emb: Embeddings, method: str = "umap", *, force: bool = False) -> pd.DataFrame:
+    """The joint 2-D layout (:func:`mtmg.evaluation.gap.reduce_2d`) of :func:`embedding_sets`, cached as CSV in
+    the embeddings folder (one file per method and seed)."""
+    path = emb.out_dir / f"layout-{method}-seed{prof.embeddings.seed}.csv"
+    if path.is_file() and not force:
+        layout = pd.read_csv(path, keep_default_na=False)
+        layout["label"] = layout["label"].astype(object)
+        return layout
+    sets, labels = embedding_sets(emb)
+    start = time.perf_counter()
+    layout = reduce_2d(sets, labels, method=method, seed=prof.embeddings.seed)
+    seconds = time.perf_counter() - start
+    checkpoint.atomic_write_text(path, layout.to_csv(index=False))
+    checkpoint.atomic_write_text(path.with_suffix(".json"), json.dumps({"seconds": seconds}))
+    return layout
+
+
+def layout_seconds(folder: Path) -> float | None:
+    """Seconds the 2-D layouts in an embeddings folder took to fit (None when none recorded its time)."""
+    times = [json.loads(p.read_text())["seconds"] for p in sorted(Path(folder).glob("layout-*.json"))]
+    return float(sum(times)) if times else None
 
 
 @dataclass(frozen=True)
@@ -69,18 +98,16 @@ def tiles_by_id(prof: Profile, ids: Sequence[str], split: str | None = None) -> 
     index = {sid: i for i, sid in enumerate(sample_ids(data)) if sid in wanted}
     missing = sorted(wanted - set(index))
     if missing:
-        raise KeyError(f"{prof.embed_data.name}/{split or prof.embed_split}: no samples with ids {missing[:5]}")
+        raise KeyError(f"{prof.embed_data.name}/{split or prof.embeddings.split}: no samples with ids {missing[:5]}")
     return {sid: _tile(data, i) for sid, i in index.items()}
 
 
 def class_spectra(prof: Profile, split: str | None = None, max_items: int = 2000) -> pd.DataFrame:
     """Mean reflectance (fraction, x/10000) of every band per class; rows classes, columns bands."""
-    from mtmg.data.sentinel2 import REFLECTANCE_SCALE, SSL4EO_BANDS
-
     data = open_paired(prof, split)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for i in subset_indices(len(data), max_items, prof.seed):
+    for i in subset_indices(len(data), max_items, prof.embeddings.seed):
         tile = _tile(data, i)
         means = tile.array13.reshape(13, -1).astype(np.float64).mean(axis=1) / REFLECTANCE_SCALE
         sums[tile.classname] = sums.get(tile.classname, 0) + means
@@ -129,3 +156,34 @@ def retrieval_examples(emb: Embeddings, n_queries: int = 4, k: int = 5, seed: in
         out.append(RetrievalExample(emb.ids[i], int(labels[i]), [emb.ids[j] for j in top],
                                     [int(labels[j]) for j in top], [float(sims[i, j]) for j in top], rank))
     return out
+
+
+#: Plain two-level headers of the gap table's columns (:func:`mtmg.evaluation.gap.gap_summary`).
+GAP_HEADERS = {"gap_text_rgb": ("centroid gap", "text↔RGB"), "gap_text_ms": ("centroid gap", "text↔MS"),
+               "gap_rgb_ms": ("centroid gap", "RGB↔MS"), "cone_text": ("cone (mean cosine)", "text"),
+               "cone_rgb": ("cone (mean cosine)", "RGB"), "cone_ms": ("cone (mean cosine)", "MS"),
+               "cos_rgb_ms": ("same tile", "cos RGB·MS")}
+
+
+def gap_view(gaps: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The gap table as the page shows it: plain two-level headers, ``digits`` decimals, "—" where a quantity
+    does not apply to a row (a model without MS embeddings), and no column that no row fills."""
+    table = gaps.dropna(axis="columns", how="all")
+    table = table.map(lambda v: "—" if pd.isna(v) else f"{v:.{digits}f}")
+    table.columns = pd.MultiIndex.from_tuples([GAP_HEADERS.get(c, ("", c)) for c in table.columns])
+    table.index.name = None
+    return table
+
+
+def cosine_summary(cosine: np.ndarray, alpha: float) -> str:
+    """What patching did to each image, in words: the median cosine between an image's zero-shot and patched
+    embeddings as an angle, and how evenly the images moved."""
+    cosine = np.asarray(cosine, dtype=float)
+    q10, median, q90 = np.quantile(cosine, [0.1, 0.5, 0.9])
+    angle = float(np.degrees(np.arccos(np.clip(median, -1, 1))))
+    spread = ("every image moved by about the same angle" if q90 - q10 < 0.05 else
+              "some images moved much more than others: patching did not turn the whole space alike")
+    text = (f"At the selected α = {alpha:g} the median image keeps a cosine of {median:.3f} with its zero-shot "
+            f"embedding, a turn of about {angle:.0f}°; eight images in ten lie between {q10:.3f} and {q90:.3f} "
+            f"({spread}).")
+    return text + (" At α = 0 patching leaves every embedding unchanged." if alpha == 0 else "")

@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from mtmg import __version__
-from mtmg.cli import probe, runs, shard, stages, zeroshot
+from mtmg.cli import probe, results, runs, scene, shard, stages, zeroshot
 from mtmg.cli.checks import check_common_arguments
-from mtmg.core.errors import UserError
+from mtmg.core.errors import STORAGE_FIXES, UserError
 
 DEBUG_ENV = "MTMG_DEBUG"
 USER_ERROR_STATUS = 2
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_parser(subparsers)
     runs.add_parser(subparsers)
     probe.add_parser(subparsers)
+    results.add_parser(subparsers)
+    scene.add_parsers(subparsers)
     for sub in subparsers.choices.values():  # also accepted after the command name
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
@@ -49,15 +51,19 @@ def debug_enabled(args: argparse.Namespace) -> bool:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Errors the user causes and can fix: :class:`UserError`, and files that are missing or cannot be written."""
-    return isinstance(error, (UserError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+    """Errors the user causes and can fix: :class:`UserError`, files that are missing or cannot be written,
+    a full disk, a read-only file system, a name too long (:data:`mtmg.core.errors.STORAGE_FIXES`)."""
+    return isinstance(error, (UserError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) \
+        or (isinstance(error, OSError) and error.errno in STORAGE_FIXES)
 
 
 def user_message(error: BaseException) -> str:
     """One line for the user: the error's own message (an OS error: its file and reason; an error re-raised
     by a DataLoader worker: the last line of the worker's traceback, without the class name)."""
-    if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None:
-        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, OSError) and not isinstance(error, UserError) and error.strerror is not None:
+        fix = STORAGE_FIXES.get(error.errno)
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror}" + (f"; {fix}" if fix else "")
     text = str(error)
     if "Original Traceback" in text:
         text = text.strip().splitlines()[-1].partition(": ")[2]

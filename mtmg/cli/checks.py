@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def require_writable_file(path: Path, option: str) -> None:
     if path.is_dir():
         raise ArgumentError(f"{option} {path}: is a folder; give a file name, e.g. {path / 'result.json'}")
     require_writable_folder(path.parent, option, path)
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the file system does not say
+        return
+    if len(os.fsencode(path.name)) > limit:
+        raise ArgumentError(f"{option} {path}: the file name is {len(os.fsencode(path.name))} bytes long, over "
+                            f"the file system's limit of {limit}; choose a shorter name")

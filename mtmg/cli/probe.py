@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtmg.core.errors import ArgumentError
-    from mtmg.evaluation import probe
+    from mtmg.evaluation.probe import probe_table
     from mtmg.runs import pipeline
     from mtmg.runs.profiles import load_profile
 
@@ -33,10 +33,9 @@ def run(args: argparse.Namespace) -> int:
             raise ArgumentError(f"--data-root {item!r}: expected NAME=PATH, e.g. bigearthnet5=/data/bigearthnet")
         roots[name] = path
     prof = load_profile(args.profile, device=args.device, data_roots=roots)
-    results = pipeline.ensure_probe(prof, force=args.force)
-    folder = pipeline.probe_folder(prof)
-    print(probe.probe_table(results).to_string())
+    run = pipeline.ensure_probe(prof, force=args.force)
+    print(probe_table(run.results).to_string())
     print("\naligned student minus its initial weights (points; 95 % paired-bootstrap interval over the test tiles):")
-    print(probe.load_differences(folder).to_string(index=False))
-    print(f"results: {folder / 'results.csv'}")
+    print(run.differences.to_string(index=False))
+    print(f"results: {run.out_dir}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "notebook parameters) currently use, so other parameter sets and stale results go.")
     p.add_argument("action", choices=("list", "clean"))
     p.add_argument("--profile", help="only this profile")
-    p.add_argument("--stage", help="only this stage (zeroshot, patch, align, embeddings, zeroshot_patched)")
+    p.add_argument("--stage", help="only this stage (a name of mtmg.runs.pipeline.STAGES: zeroshot, patch, align, ...)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="clean: only runs finished this many days ago")
     p.add_argument("--all", action="store_true", help="clean: also the runs the profile's configs use now")
     p.add_argument("--dry-run", action="store_true", help="clean: show what would be removed, remove nothing")
@@ -30,17 +31,18 @@ def current_folders(profile: str) -> set[Path]:
         prof = load_profile(profile)
     except FileNotFoundError:
         return set()
-    folders = set()
-    for stage in pipeline.STAGES:
-        try:
-            folders.add(pipeline.stage_folder(prof, stage))
-        except FileNotFoundError:  # a stage it reads has not run
-            pass
-    return folders
+    return set(pipeline.stage_folders(prof).values())
 
 
 def run(args: argparse.Namespace) -> int:
     from mtmg.core import paths, runstore
+    from mtmg.core.errors import ArgumentError
+    from mtmg.runs.pipeline import STAGES
+
+    if args.stage is not None and args.stage not in STAGES:
+        raise ArgumentError(f"--stage {args.stage!r}: expected one of {', '.join(STAGES)}")
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than >= 0):
+        raise ArgumentError(f"--older-than {args.older_than}: expected a number of days, 0 or more (e.g. 7 or 0.5)")
 
     runs = [r for r in runstore.list_runs() if (args.profile is None or r.profile == args.profile)
             and (args.stage is None or r.stage == args.stage)]

@@ -26,8 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mtmg.cli.checks import require_writable_folder
     from mtmg.core.errors import ArgumentError
-    from mtmg.data.datasets import dataset_class, write_shards
-    from mtmg.data.datasets.shards import SKIPPED_FILE
+    from mtmg.data.datasets import dataset_class
+    from mtmg.data.datasets.shards import SKIPPED_FILE, write_shards
 
     dataset_class(args.dataset)  # an unknown name fails at once
     if args.samples_per_shard < 1:

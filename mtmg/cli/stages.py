@@ -57,9 +57,11 @@ def add_patch_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_patch(args: argparse.Namespace) -> int:
     from mtmg.core.config import PatchConfig, load_config
+    from mtmg.method import validation
     from mtmg.method.patching import run_patching
 
     cfg = load_config(args.config, PatchConfig)
+    validation.check_patch_config(cfg, str(args.config))
     with _process_group(args.device) as device:
         result = run_patching(cfg, out_dir=args.out, device=device, resume=args.resume)
     if result is not None:  # None: a rank other than 0 under torchrun
@@ -83,9 +85,11 @@ def add_align_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_align(args: argparse.Namespace) -> int:
     from mtmg.core.config import AlignConfig, load_config
+    from mtmg.method import validation
     from mtmg.method.alignment import run_alignment
 
     cfg = load_config(args.config, AlignConfig)
+    validation.check_align_config(cfg, str(args.config))
     teacher = args.teacher or cfg.teacher_dir or _profile_teacher(cfg.profile)
     with _process_group(args.device) as device:
         result = run_alignment(cfg, teacher_dir=teacher, out_dir=args.out, device=device, resume=args.resume)

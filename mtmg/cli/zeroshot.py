@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from mtmg.core.errors import ArgumentError
     from mtmg.data import tasks
     from mtmg.data.datasets import dataset_class
+    from mtmg.evaluation.scoring import score_zeroshot
     from mtmg.models.clip import load_clip, register_model_config
 
     if args.pretrained is None and not args.model.startswith("local-dir:"):
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_clip(args.model, pretrained, device)
     spec = DataSpec(name=args.dataset, root=str(Path(args.root).expanduser().absolute()), options=options)
     heads_dir = args.cache_dir if args.cache_dir is not None else paths.cache_dir() / tasks.HEADS
-    score = tasks.score_zeroshot(bundle, spec, args.split, heads_dir=heads_dir, device=device,
-                                 batch_size=args.batch_size, num_workers=args.workers)
+    score = score_zeroshot(bundle, spec, args.split, heads_dir=heads_dir, device=device,
+                           batch_size=args.batch_size, num_workers=args.workers)
     result = {
         "command": "zeroshot",
         "dataset": args.dataset,

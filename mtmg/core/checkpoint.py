@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from mtmg.core.errors import WeightsError
+from mtmg.core.errors import WeightsError, storage_error
 
 RECOVER_CHECKPOINT = ("delete it and run the stage again to start it over, "
                       "or put back an earlier copy of the file and run with --resume")
@@ -47,7 +47,8 @@ class CorruptCheckpointError(WeightsError, ValueError):
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file next to ``path`` for writing; on success it is fsynced and renamed to ``path``.
 
-    On an exception the temporary file is removed and ``path`` keeps its previous content. ``mode`` is
+    On an exception the temporary file is removed and ``path`` keeps its previous content (a full disk or
+    read-only folder is a :class:`mtmg.core.errors.StorageError` naming ``path``). ``mode`` is
     ``"wb"`` or ``"w"`` (``kwargs`` go to :func:`os.fdopen`, e.g. ``encoding``, ``newline``).
     """
     if mode not in ("w", "wb"):
@@ -68,8 +69,11 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        full = storage_error(e, path)  # disk full: say so, with the file (torch's writer names neither)
+        if full is not None:
+            raise full from e
         raise
     _fsync_dir(path.parent)
 

@@ -6,11 +6,15 @@ the keys that differ from the defaults; unknown keys are errors. Relative paths 
 project root; ``out_dir: null`` means the run store (``runs/<profile>/<stage>/<key>/``), ``cache_dir: null`` the cache
 folder of :mod:`mtmg.core.paths`, ``teacher_dir: null`` the stage 1 folder of the same profile.
 Every value is type- and range-checked when a config is built, before a stage writes anything;
-numbers YAML reads as text (``1e-4``) are converted, other text where a number belongs is an error.
+numbers YAML reads as text (``1e-4``) are converted, other text where a number belongs is an error, and
+so are booleans, lists, mappings, null, infinity and NaN. A config file must be UTF-8 and may expand (YAML
+aliases included) to at most :data:`MAX_CONFIG_NODES` values.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,11 +23,26 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mtmg.core.checkpoint import atomic_write_text
 from mtmg.core.errors import ConfigError, ConfigKeyError, ConfigTypeError
 
 C = TypeVar("C")
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+AUGMENTATIONS = ("none", "d4", "d4_student", "paint", "rrc")
+"""The ``augment`` values of the stage configs (:mod:`mtmg.data.augment` implements them)."""
+FEATURE_LOSSES = ("mse", "cosine")
+"""The ``feature_loss`` values of stage 2 (:func:`mtmg.method.losses.feature_loss`)."""
+MAX_CONFIG_NODES = 100_000
+"""The most values (aliases counted each time they are used) a config file may expand to."""
+MAX_CONFIG_DEPTH = 50
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""A profile or stage name: one folder name under the run store, never a path."""
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` is a :data:`PLAIN_NAME` (no ``/``, ``..``, leading dot or empty name)."""
+    return isinstance(name, str) and PLAIN_NAME.fullmatch(name) is not None and ".." not in name
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -32,9 +51,7 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 
 
 def _check_augment(name: str) -> None:
-    from mtmg.data.augment import AUGMENTATIONS
-
-    _check(name in AUGMENTATIONS, "augment", name, f"one of {list(AUGMENTATIONS)} (mtmg.data.augment.AUGMENTATIONS)")
+    _check(name in AUGMENTATIONS, "augment", name, f"one of {list(AUGMENTATIONS)} (mtmg.core.config.AUGMENTATIONS)")
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,11 @@ class ClipSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser, schedule (linear warm-up then cosine), loop and checkpoint settings of one stage."""
+    """Optimiser, schedule (linear warm-up then cosine), loop and checkpoint settings of one stage.
+
+    ``shuffle``: a new order of the training items in every epoch (false: the dataset's order in every
+    epoch, as the authors' stage 2); ``drop_last``: leave out the last, incomplete batch of an epoch (the
+    authors' training loaders do)."""
 
     epochs: int = 30
     batch_size: int = 32
@@ -74,6 +95,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     drop_last: bool = False
+    shuffle: bool = True
     seed: int = 0
     checkpoint_every: int = 50
     num_workers: int = 0
@@ -100,7 +122,8 @@ class StageConfig:
     """What every stage config has: its profile, how a missing validation split is carved from train
     (PAINT: ``carve_fraction`` of it, at most ``carve_max`` items, drawn with ``carve_seed``), evaluation
     settings and folders (``out_dir`` is a plain output folder for the command line; the pipeline keeps
-    its outputs in the run store, see :mod:`mtmg.core.runstore`)."""
+    its outputs in the run store, see :mod:`mtmg.core.runstore`). ``threads``: the torch CPU threads the
+    stage runs on; results depend on it, so it is part of the run's key and never taken from the load."""
 
     profile: str = "default"
     carve_fraction: float = 0.1
@@ -108,14 +131,17 @@ class StageConfig:
     carve_seed: int = 0
     in_memory: bool = True
     eval_batch_size: int = 64  # the default profile's tiny models run fastest in small batches on a CPU
+    threads: int = 1
     cache_dir: str | None = None
     out_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _check(self.threads >= 1, "threads", self.threads, "a positive number of torch CPU threads")
         _check(0 < self.carve_fraction < 1, "carve_fraction", self.carve_fraction, "in (0, 1)")
         _check(self.carve_max >= 1, "carve_max", self.carve_max, "at least 1")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "at least 1")
-        _check(bool(self.profile), "profile", self.profile, "a non-empty name")
+        _check(is_plain_name(self.profile), "profile", self.profile,
+               "a plain profile name (letters, digits, '_', '-', '.'; not a path)")
 
     @property
     def carve(self) -> tuple[float, int, int]:
@@ -169,7 +195,10 @@ class AlignConfig(StageConfig):
 
     ``augment``: ``d4`` applies one random D4 element to both views (the teacher cache then holds the
     embeddings of all 8 variants of each tile), ``d4_student`` to the MS view only (the teacher sees
-    the tile as it is), ``none``. ``ms_size`` resizes the MS view (bicubic) to the student's input size.
+    the tile as it is), ``none``; ``rrc`` (the authors' setting) crops each native-resolution view on its own
+    at every step (:func:`mtmg.data.augment.authors_crops`; read from disk, so ``in_memory`` does not apply,
+    and ``teacher_cache`` must be false). ``ms_size`` resizes the MS view (bicubic, clamped after resizing) to
+    the student's input size.
     ``teacher_dir`` (command line only) is the stage 1 folder to distil; the pipeline passes its own.
     """
 
@@ -186,8 +215,6 @@ class AlignConfig(StageConfig):
     ms_size: int | None = None
 
     def __post_init__(self) -> None:
-        from mtmg.method.losses import FEATURE_LOSSES
-
         super().__post_init__()
         _check_augment(self.augment)
         _check(self.feature_loss in FEATURE_LOSSES, "feature_loss", self.feature_loss, f"one of {list(FEATURE_LOSSES)}")
@@ -211,11 +238,63 @@ class ZeroShotConfig:
     supported: tuple[DataSpec, ...] = ()
     batch_size: int = 256
     num_workers: int = 0
+    threads: int = 1
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        _check(is_plain_name(self.profile), "profile", self.profile,
+               "a plain profile name (letters, digits, '_', '-', '.'; not a path)")
+        _check(self.threads >= 1, "threads", self.threads, "a positive number of torch CPU threads")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, "0 or more")
+
+
+ALL_SHOTS = 0
+"""``shots`` value of the probe meaning the whole training split."""
+PROBE_CS: tuple[float, ...] = tuple(10.0 ** e for e in range(-3, 4))
+"""Inverse regularisation strengths the probe tries on validation (1e-3 to 1e3)."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The linear-probe stage of a profile (``configs/<profile>/probe.yaml``; without ``datasets``: the
+    alignment evaluation sets): training tiles per class (``shots``, :data:`ALL_SHOTS` = the whole
+    split), draws (``seeds``), the regularisation values ``Cs`` tried on validation, a cap ``max_items``
+    on each split (a fixed random subset drawn with ``seed``) and the bootstrap resamples of the
+    differences."""
+
+    datasets: tuple[DataSpec, ...] = ()
+    shots: tuple[int, ...] = (1, 2, 5, ALL_SHOTS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    Cs: tuple[float, ...] = PROBE_CS
+    max_items: int | None = None
+    seed: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(bool(self.shots) and all(k >= 0 for k in self.shots), "shots", self.shots,
+               f"a non-empty list of tiles per class (>= 1, or {ALL_SHOTS} for the whole training split)")
+        _check(bool(self.seeds) and all(s >= 0 for s in self.seeds), "seeds", self.seeds,
+               "a non-empty list of seeds >= 0")
+        _check(bool(self.Cs) and all(c > 0 for c in self.Cs), "Cs", self.Cs, "a non-empty list of positive numbers")
+        _check(self.max_items is None or self.max_items >= 2, "max_items", self.max_items, "at least 2 or null")
+        _check(self.seed >= 0, "seed", self.seed, "0 or more")
+        _check(self.bootstrap >= 1, "bootstrap", self.bootstrap, "at least 1 resample")
+
+
+@dataclass(frozen=True)
+class EmbeddingsConfig:
+    """The embeddings of chapters 3 and 4: the paired dataset's ``split``, at most ``max_items`` items (a
+    fixed random subset drawn with ``seed``, which also fixes the example picks and the layouts)."""
+
+    split: str = "test"
+    max_items: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.split, str) and bool(self.split), "split", self.split, "a split name")
+        _check(self.max_items >= 1, "max_items", self.max_items, "at least 1")
+        _check(self.seed >= 0, "seed", self.seed, "0 or more")
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:
@@ -226,9 +305,14 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             raise ConfigTypeError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
+        unknown = sorted(set(value) - names, key=str)
         if unknown:
             raise ConfigKeyError(f"{where}: unknown key(s) {unknown} for {tp.__name__}; valid keys: {sorted(names)}")
+        missing = [f.name for f in dataclasses.fields(tp) if f.name not in value
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigKeyError(f"{where}: missing key(s) {missing} of {tp.__name__}; add them "
+                                 f"(e.g. {missing[0]}: ...)")
         built = {k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()}
         try:
             return tp(**built)
@@ -241,6 +325,10 @@ def _build(tp: Any, value: Any, where: str) -> Any:
                 return None
             raise ConfigTypeError(f"{where}: null is not allowed here")
         return _build(next(a for a in args if a is not type(None)), value, where)
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -250,19 +338,77 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             raise ConfigTypeError(f"{where}: expected {len(args)} items, got {len(value)}")
         return tuple(_build(inner or args[i], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigTypeError(f"{where}: expected a mapping, got {value!r}")
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigTypeError(f"{where}: expected a mapping with text keys, got {value!r}")
         return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as text
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is float:
+        return _number(value, where)
     if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigTypeError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite float from an int, a float or a number YAML read as text (``1e-4`` without a dot)."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ConfigTypeError(f"{where}: expected a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse data that expands (each use of a YAML alias counted) beyond :data:`MAX_CONFIG_NODES` values
+    or nests deeper than :data:`MAX_CONFIG_DEPTH` levels; the walk stops at the first value over the bound."""
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES or depth > MAX_CONFIG_DEPTH:
+            what = (f"more than {MAX_CONFIG_NODES} values" if count > MAX_CONFIG_NODES
+                    else f"more than {MAX_CONFIG_DEPTH} nested levels")
+            raise ConfigError(f"{where}: the config expands to {what} (repeated YAML aliases?); "
+                              "write the values out")
+        if isinstance(node, dict):
+            stack += [(v, depth + 1) for v in node.values()] + [(k, depth + 1) for k in node]
+        elif isinstance(node, list):
+            stack += [(v, depth + 1) for v in node]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The data of a UTF-8 YAML config file (``yaml.safe_load``, bounded by :func:`_check_size`); errors
+    name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found; see configs/default/*.yaml for examples")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the file as UTF-8") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The data of YAML ``text`` (``yaml.safe_load``, bounded by :func:`_check_size`); errors name ``where``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+    _check_size(data, where)
+    return data
+
+
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Plain data ``value`` as the annotated type ``tp``, checked as a config value is (errors name ``where``)."""
+    return _build(tp, value, where)
 
 
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
@@ -272,14 +418,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
 
 def load_config(path: str | Path, cls: type[C]) -> C:
     """Read a YAML file into ``cls``; errors name the file and the offending key."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found; see configs/default/*.yaml for examples")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    return from_dict(cls, data, where=str(path))
+    return from_dict(cls, read_yaml(path) or {}, where=str(path))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -295,8 +434,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write ``cfg`` as YAML (the resolved configuration of a run), atomically."""
-    from mtmg.core.checkpoint import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -1,10 +1,11 @@
-"""Training augmentations: the PAINT reference pipeline on PIL images, D4 and random resized crops on tensors.
+"""Training augmentations: the PAINT reference pipeline on PIL images, D4 on tensors, the authors' stage-2 crops.
 
-Registry :data:`AUGMENTATIONS` (the ``augment`` key of the stage configs): ``none``; ``d4`` (one random
-D4 element on every view); ``d4_student`` (D4 on the MS view only); ``paint`` (stage 1: the reference
-patching pipeline on the RGB composite); ``rrc`` (stage 2: an independent RandomResizedCrop, scale
-0.9-1, on each view, the reference code's alignment setting; the teacher then sees a crop, so its
-embeddings cannot be cached).
+The augmentations of :data:`mtmg.core.config.AUGMENTATIONS` (the ``augment`` key of the stage configs):
+``none``; ``d4`` (one random D4 element on every view); ``d4_student`` (D4 on the MS view only); ``paint``
+(stage 1: the reference patching pipeline on the RGB composite); ``rrc`` (stage 2, the authors' setting:
+an independent RandomResizedCrop, scale 0.9-1, bicubic, of each native-resolution view to the model's
+input size, :func:`authors_crops`; the teacher then sees a new crop at every step, so its embeddings
+cannot be cached).
 
 Randomness comes from the global torch generator, which the training loop seeds per sample
 (``mtmg.method.training.SeededDataset``), so augmentations are reproducible and resumable.
@@ -17,7 +18,6 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-AUGMENTATIONS = ("none", "d4", "d4_student", "paint", "rrc")
 CROP_SCALE: tuple[float, float] = (0.9, 1.0)
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
@@ -61,21 +61,23 @@ def random_d4(keys: Sequence[str]) -> Callable[[dict], dict]:
     return apply
 
 
-def random_resized_crop(keys: Sequence[str], scale: tuple[float, float] = CROP_SCALE,
-                        ratio: tuple[float, float] = CROP_RATIO) -> Callable[[dict], dict]:
-    """An item transform cropping ``item[key]`` (a (C, H, W) tensor) for every key present, each view with
-    its own random box (area ``scale``, aspect ``ratio``, as ``torchvision``'s RandomResizedCrop), resized
-    back to the view's own size (bilinear, antialiased)."""
-    keys = tuple(keys)
+def authors_crops(size: int, mean: Sequence[float], std: Sequence[float], ms_size: int | None = None,
+                  scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO
+                  ) -> tuple[T.Compose, Callable[[torch.Tensor], torch.Tensor]]:
+    """The authors' stage-2 training views, as (RGB transform, MS transform) of a dataset reader.
 
-    def apply(item: dict) -> dict:
-        out = dict(item)
-        for key in keys:
-            if key in item:
-                x = item[key]
-                h, w = x.shape[-2:]
-                top, left, ch, cw = T.RandomResizedCrop.get_params(x, list(scale), list(ratio))
-                out[key] = TF.resized_crop(x, top, left, ch, cw, [h, w],
-                                           interpolation=T.InterpolationMode.BILINEAR, antialias=True)
-        return out
-    return apply
+    RGB: open_clip's training transform of the native-resolution composite (a PIL image): a
+    RandomResizedCrop to ``size`` (area ``scale``, aspect ``ratio``, bicubic), then ``ToTensor`` and CLIP's
+    normalisation. MS: its own crop of the same kind, drawn independently, of the native-resolution MS
+    view to ``ms_size`` x ``ms_size`` (None: the view's own size), bicubic with antialiasing; the reader
+    clamps after cropping (:func:`mtmg.data.sentinel2.ms_view`). One crop per view and item, drawn from
+    the generator the training loop seeds per item, so a run is reproducible.
+    """
+    rgb = T.Compose([T.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=T.InterpolationMode.BICUBIC),
+                     T.ToTensor(), T.Normalize(mean, std)])
+
+    def ms(x: torch.Tensor) -> torch.Tensor:
+        out = [ms_size, ms_size] if ms_size else list(x.shape[-2:])
+        top, left, h, w = T.RandomResizedCrop.get_params(x, list(scale), list(ratio))
+        return TF.resized_crop(x, top, left, h, w, out, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    return rgb, ms

@@ -12,11 +12,17 @@ B10 (cirrus) is not part of L2A products; it is zero-filled so that every datase
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from mtmg.core.checkpoint import atomic_write_text
+from mtmg.core.config import DataSpec
 
 SSL4EO_BANDS: tuple[str, ...] = (
     "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12",
@@ -84,20 +90,25 @@ def _check13(array13: ArrayLike) -> None:
         raise ValueError(f"expected a (13, H, W) array in SSL4EO band order, got shape {tuple(array13.shape)}")
 
 
-def ms_view(array13: ArrayLike) -> torch.Tensor:
-    """Student input: float32 ``clamp(x / 10000, 0, 1)`` of all 13 bands.
+def ms_view(array13: ArrayLike, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Student input: float32 ``clamp(transform(x / 10000), 0, 1)`` of all 13 bands.
 
-    Computed in numpy for arrays and CPU tensors: a per-sample operation must not wait for torch's
-    intra-op thread pool (with two threads, every tile would hand its few microseconds of work to a
-    second thread, which on a busy machine costs milliseconds). Tensors on an accelerator stay there.
+    ``transform`` (a resize or a random crop to the student's input size) sees the unclamped reflectances
+    and the clamp comes last, as in the authors' pipeline (resize, then clamp). Computed in numpy for
+    arrays and CPU tensors: a per-sample operation must not wait for torch's intra-op thread pool (with
+    two threads, every tile would hand its few microseconds of work to a second thread, which on a busy
+    machine costs milliseconds). Tensors on an accelerator stay there.
     """
     _check13(array13)
     if isinstance(array13, torch.Tensor) and array13.device.type != "cpu":
-        return (array13.to(torch.float32) / REFLECTANCE_SCALE).clamp_(0.0, 1.0)
-    x = array13.numpy() if isinstance(array13, torch.Tensor) else np.asarray(array13)
-    out = x.astype(np.float32)
-    np.divide(out, np.float32(REFLECTANCE_SCALE), out=out)
-    return torch.from_numpy(np.clip(out, 0.0, 1.0, out=out))
+        out = array13.to(torch.float32) / REFLECTANCE_SCALE
+    else:
+        x = array13.numpy() if isinstance(array13, torch.Tensor) else np.asarray(array13)
+        scaled = np.divide(x.astype(np.float32), np.float32(REFLECTANCE_SCALE))
+        if transform is None:
+            return torch.from_numpy(np.clip(scaled, 0.0, 1.0, out=scaled))
+        out = torch.from_numpy(scaled)
+    return (transform(out) if transform is not None else out).clamp_(0.0, 1.0)
 
 
 def rgb_composite(array13: ArrayLike, level: Level) -> np.ndarray:
@@ -127,3 +138,45 @@ def ndvi(array13: ArrayLike) -> np.ndarray:
 def ndwi(array13: ArrayLike) -> np.ndarray:
     """McFeeters water index ``(B03 - B08) / (B03 + B08)``."""
     return normalized_difference(array13, "B03", "B08")
+
+
+# --- the bands a student was trained on ------------------------------------------------------------------
+
+BANDS_FILE = "student_bands.json"
+"""Written beside ``student.pt``: the bands the student was trained on and those that were zero-filled."""
+
+
+def _base_dataset(dataset: Any) -> Any:
+    """The reader under subsets and in-memory wrappers (their ``.dataset``)."""
+    while not hasattr(dataset, "level") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return dataset
+
+
+def band_metadata(train: Any) -> dict[str, Any]:
+    """The student's band record for its training data: the 13 SSL4EO bands, the training data's level,
+    and ``zero_filled``: the bands that data does not have (B10 in L2A products such as BigEarthNet)."""
+    level = getattr(_base_dataset(train), "level", None)
+    return {"bands": list(SSL4EO_BANDS), "level": level, "zero_filled": ["B10"] if level == "L2A" else []}
+
+
+def save_band_metadata(metadata: Mapping[str, Any], folder: str | Path) -> None:
+    """Write :data:`BANDS_FILE` into the stage 2 folder (atomically)."""
+    atomic_write_text(Path(folder) / BANDS_FILE, json.dumps(dict(metadata), indent=1) + "\n")
+
+
+def read_band_metadata(folder: str | Path) -> dict[str, Any]:
+    """The band record of the student in a stage 2 folder; a folder without one (older runs) counts as a
+    student trained on all 13 recorded bands."""
+    path = Path(folder) / BANDS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"bands": list(SSL4EO_BANDS), "level": None, "zero_filled": []}
+
+
+def evaluation_spec(spec: DataSpec, metadata: Mapping[str, Any]) -> DataSpec:
+    """``spec`` as the student should read it: SEN12MS with ``b10: zero`` when the student was trained
+    without B10 and the spec does not choose (``options: {b10: real}`` keeps the recorded band)."""
+    if spec.name == "sen12ms" and "b10" not in spec.options and "B10" in metadata.get("zero_filled", ()):
+        return dataclasses.replace(spec, options={**spec.options, "b10": "zero"})
+    return spec

@@ -1,4 +1,5 @@
-"""Evaluation: metrics, embedding extraction, zero-shot scoring, the modality gap, linear probes.
+"""Evaluation: metrics and the headline metric, embedding a dataset, zero-shot scoring, the modality gap,
+linear probes.
 
-Imports mtmg.core, mtmg.models.clip and mtmg.data.
+Imports mtmg.core, mtmg.models and mtmg.data.
 """

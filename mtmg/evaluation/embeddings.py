@@ -1,9 +1,10 @@
-"""Batched embedding extraction over a loader of dict samples, with an optional tensor cache file."""
+"""Embedding a dataset: every encoder on its view in one pass over a loader, with an optional tensor cache
+file. Every stage and the probe embed their data with :func:`embed`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -12,6 +13,8 @@ from tqdm import tqdm
 
 from mtmg.core import checkpoint
 from mtmg.core.device import autocast
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -22,36 +25,41 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def run_encoder(
-    encoder: nn.Module,
-    loader: Iterable[dict],
-    key: str = "rgb",
-    device: str | torch.device | None = None,
-    desc: str = "embeddings",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encoder(batch[key])`` over the loader in eval mode: (outputs (N, D) float32 on CPU, targets).
+def embed(encoders: Mapping[str, tuple[Encoder, str]], loader: Iterable[dict],
+          device: str | torch.device | None = None, desc: str = "embeddings"
+          ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One pass over ``loader``: ``encoder(batch[view])`` for every ``name: (encoder, view)``, modules in
+    eval mode (restored after). Returns ({name: (N, D) float32 on CPU}, targets), in loader order.
 
-    ``device`` defaults to the encoder's device (the encoder is not moved); CUDA runs use bf16 autocast.
-    Targets are (N,) int64 labels or (N, C) float multi-hot vectors, stacked from ``batch["target"]``.
+    ``device`` defaults to the first encoder module's device (encoders are not moved); CUDA runs use bf16
+    autocast. Targets are (N,) int64 labels or (N, C) float multi-hot vectors, stacked from ``batch["target"]``
+    (None for samples without targets).
     """
-    device = torch.device(device) if device is not None else module_device(encoder)
-    was_training = encoder.training
-    encoder.eval()
-    outputs, targets = [], []
+    modules = [e for e, _ in encoders.values() if isinstance(e, nn.Module)]
+    device = torch.device(device) if device is not None else (
+        module_device(modules[0]) if modules else torch.device("cpu"))
+    modes = [m.training for m in modules]
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
+    targets, batches = [], 0
     try:
+        for m in modules:
+            m.eval()
         for batch in tqdm(loader, desc=desc, leave=False):
-            if key not in batch:
-                raise KeyError(f"Samples have no {key!r} view (keys: {sorted(batch)}); "
-                               "use key='rgb' for CLIP and key='ms' for a multispectral encoder.")
-            with autocast(device):
-                out = encoder(batch[key].to(device, non_blocking=True))
-            outputs.append(out.float().cpu())
-            targets.append(torch.as_tensor(batch["target"]))
+            for name, (encoder, view) in encoders.items():
+                if view not in batch:
+                    raise KeyError(f"Samples have no {view!r} view (keys: {sorted(batch)}); "
+                                   "use 'rgb' for CLIP and 'ms' for a multispectral encoder.")
+                with autocast(device):
+                    outputs[name].append(encoder(batch[view].to(device, non_blocking=True)).float().cpu())
+            if "target" in batch:
+                targets.append(torch.as_tensor(batch["target"]))
+            batches += 1
     finally:
-        encoder.train(was_training)
-    if not outputs:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    if not batches:
         raise ValueError("The loader yielded no batches.")
-    return torch.cat(outputs), torch.cat(targets)
+    return {name: torch.cat(out) for name, out in outputs.items()}, torch.cat(targets) if targets else None
 
 
 def extract_embeddings(
@@ -63,7 +71,8 @@ def extract_embeddings(
     desc: str = "embeddings",
     cache_key: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (N, D) and targets of every sample, in loader order (use an unshuffled loader).
+    """:func:`embed` of one encoder on view ``key``: embeddings (N, D) and targets of every sample, in
+    loader order (use an unshuffled loader).
 
     With ``cache_path``, a file holding ``{"key", "embeddings", "targets"}`` is reused when its key equals
     ``cache_key`` (any file is reused when ``cache_key`` is None) and written otherwise.
@@ -73,7 +82,8 @@ def extract_embeddings(
     if (isinstance(stored, dict) and {"embeddings", "targets"} <= set(stored)
             and (cache_key is None or stored.get("key") == cache_key)):
         return stored["embeddings"], stored["targets"]
-    embeddings, targets = run_encoder(encoder, loader, key, device, desc)
+    outputs, targets = embed({key: (encoder, key)}, loader, device, desc)
+    embeddings = outputs[key]
     if path is not None:
         checkpoint.atomic_save({"key": cache_key or "", "embeddings": embeddings, "targets": targets}, path)
     return embeddings, targets

@@ -12,6 +12,7 @@ before any measure, as in the reference code (Weixin-Liang/Modality-Gap). Defini
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import pandas as pd
+
+from mtmg.evaluation.metrics import retrieval_recalls, top1_accuracy
 
 if TYPE_CHECKING:
     import torch
@@ -195,8 +198,6 @@ def shift_experiment(
     direction ("x->y" with the given names), k, value. Lambdas are distances along the unit
     direction; `np.linspace(-1, 1, 9) * gap_magnitude(x, y)` spans the gap on both sides.
     """
-    from mtmg.evaluation.metrics import retrieval_recalls, top1_accuracy
-
     if labels is None and not paired:
         raise ValueError("shift_experiment: pass labels (zero-shot accuracy) and/or paired=True (retrieval)")
     xn, yn = l2_normalize(x, names[0]), l2_normalize(y, names[1])
@@ -264,9 +265,7 @@ def import_umap():
     as ``numba.njit(cache=True)``), so that their compilation is paid once per installation (``make install``
     runs :func:`compile_umap`) instead of in every process. Only the serial layout kernel is cached: the
     parallel variant shares its Python function, and hence its cache file name, and is never used here."""
-    import importlib
-
-    import umap
+    import umap  # imported here: umap and numba take seconds to import
 
     for module, name in UMAP_UNCACHED_KERNELS:
         kernel = getattr(importlib.import_module(module), name, None)
@@ -313,7 +312,7 @@ def reduce_2d(
         raise ValueError(f"reduce_2d: all modalities need the same embedding width, got {sorted(widths)}")
     stacked = np.concatenate(list(blocks.values()), axis=0)
     if method == "pca":
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import PCA  # imported here: scikit-learn takes seconds to import
 
         coords = PCA(n_components=2, random_state=seed).fit_transform(stacked)
     elif method == "umap":
@@ -354,7 +353,7 @@ def plot_reduction(layout: pd.DataFrame, title: str | None = None, point_size: f
     Each modality has its own marker. Small sets (class prompts: under a tenth of the largest
     set) are drawn on top, enlarged and outlined so they stay visible.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # imported here: matplotlib takes a second to import
 
     missing = {"x", "y", "modality", "label"} - set(layout.columns)
     if missing:
@@ -405,7 +404,7 @@ def plot_reduction(layout: pd.DataFrame, title: str | None = None, point_size: f
 
 
 def _class_colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # imported here: matplotlib takes a second to import
 
     name = "tab10" if n <= 10 else "tab20"
     if n <= 20:

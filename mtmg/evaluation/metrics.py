@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
+PRIMARY_METRIC = {False: "top1", True: "macro_ap"}
+"""The headline metric of single-label (False) and multi-label (True) tasks, for every stage and table."""
 _CHUNK = 1024
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
@@ -123,7 +125,7 @@ def resampled_macro_average_precision(scores: ArrayLike, targets: ArrayLike, cou
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 2 or counts.shape[1] != len(scores):
         raise ValueError(f"counts: need (B, {len(scores)}) draws per item, got {counts.shape}")
-    from scipy import sparse
+    from scipy import sparse  # imported here: only the bootstrap needs it, and it loads much of scipy
 
     n = len(scores)
     per_class = np.full((len(counts), scores.shape[1]), np.nan)
@@ -197,9 +199,14 @@ def _recalls(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
 def recall_at_k(query: ArrayLike, gallery: ArrayLike, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
     """Paired retrieval: the only relevant gallery item of query i is gallery item i.
 
-    Returns {k: recall@k}. Rank of the positive = number of other gallery items with similarity >= its
-    own (ties count against the query).
+    Returns {k: recall@k}, the share of queries whose :func:`retrieval_ranks` is below k.
     """
+    return _recalls(retrieval_ranks(query, gallery), ks)
+
+
+def retrieval_ranks(query: ArrayLike, gallery: ArrayLike) -> torch.Tensor:
+    """(N,) 0-based rank of gallery item i for query i: the number of other gallery items with a cosine
+    similarity >= its own (ties count against the query)."""
     q, g = _normalized(query), _normalized(gallery)
     if q.shape != g.shape:
         raise ValueError(f"Paired retrieval needs query and gallery of one shape, got {tuple(q.shape)}, "
@@ -210,7 +217,7 @@ def recall_at_k(query: ArrayLike, gallery: ArrayLike, ks: Sequence[int] = DEFAUL
         rows = torch.arange(sims.shape[0])
         positive = sims[rows, rows + start]
         ranks[start:start + _CHUNK] = (sims >= positive[:, None]).sum(dim=1) - 1
-    return _recalls(ranks, ks)
+    return ranks
 
 
 def retrieval_recalls(a: ArrayLike, b: ArrayLike, ks: Sequence[int] = DEFAULT_KS,
@@ -220,25 +227,6 @@ def retrieval_recalls(a: ArrayLike, b: ArrayLike, ks: Sequence[int] = DEFAULT_KS
     return {f"{x}->{y}": recall_at_k(a, b, ks), f"{y}->{x}": recall_at_k(b, a, ks)}
 
 
-def text_to_image_recall(text: ArrayLike, images: ArrayLike, labels: ArrayLike,
-                         ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
-    """Class-level text-to-image retrieval.
-
-    Query c is the class text embedding ``text[c]`` (C, D); the gallery is all images (N, D); the relevant
-    images are those of class c (``labels``: (N,) indices or (N, C) multi-hot). recall@k is the fraction of
-    classes whose top k images contain at least one relevant image, the best relevant image being ranked
-    after every non-relevant image of equal similarity. Classes without images are left out.
-    """
-    t, im = _normalized(text), _normalized(images)
-    labels = _np(labels)
-    relevant = torch.as_tensor(labels > 0.5 if labels.ndim == 2 else labels[:, None] == np.arange(t.shape[0]))
-    if relevant.shape != (im.shape[0], t.shape[0]):
-        raise ValueError(f"Labels of shape {labels.shape} do not match {im.shape[0]} images and {t.shape[0]} classes.")
-    relevant = relevant.T
-    sims = t @ im.T
-    keep = relevant.any(dim=1)
-    if not keep.any():
-        raise ValueError("No class has a relevant image: text-to-image recall is undefined.")
-    best = sims.masked_fill(~relevant, float("-inf")).max(dim=1).values
-    ranks = ((sims >= best[:, None]) & ~relevant).sum(dim=1)
-    return _recalls(ranks[keep], ks)
+def headline_score(scores: ArrayLike, targets: ArrayLike, multilabel: bool) -> float:
+    """The :data:`PRIMARY_METRIC` of a task: macro AP for multi-label targets, else top-1 accuracy."""
+    return macro_average_precision(scores, targets) if multilabel else top1_accuracy(scores, targets)

@@ -1,10 +1,14 @@
 """Linear probing of frozen image embeddings: the evaluation of an encoder by the best linear classifier
 on its features.
 
-Protocol (after CLIP_benchmark's linear probe, with scikit-learn's logistic regression):
+The project's protocol, scikit-learn's logistic regression (not CLIP_benchmark's: that one trains a linear
+layer with AdamW on unit-norm features without standardisation, searches the weight decay and refits on
+train + validation; :mod:`mtmg.evaluation.baselines` implements it as a second protocol, and the two can
+rank encoders differently):
 
 - features are the frozen encoders' embeddings, L2-normalised, then standardised with the mean and
-  standard deviation of the training features;
+  standard deviation of the training features (standardisation puts every dimension on the same scale,
+  so the probe reads small directions of the embedding as well as large ones);
 - single-label data: multinomial logistic regression; multi-label data: one logistic regression per
   class (one-vs-rest; a class without positives in the training set predicts a constant);
 - the inverse regularisation strength C is chosen from :data:`DEFAULT_CS` by the validation score
@@ -17,32 +21,29 @@ Protocol (after CLIP_benchmark's linear probe, with scikit-learn's logistic regr
   their scores with a 95 % paired-bootstrap interval over the test tiles (few-shot: the mean over draws
   in each resample), so a gap of one or two tiles is not read as a result.
 
-:func:`run_probe` compares, on the same tiles of the profile's datasets, the aligned student on the
-MS view, patched and zero-shot CLIP on the RGB composite and the student's initial weights (the
-"before alignment" baseline); :func:`probe_table` turns its rows into the table of the book and
-:func:`difference_table` its test scores into the student's gain over its initial weights.
+The probe stage (:func:`mtmg.runs.probe.run_probe`) fits these on the four encoders of :data:`ENCODERS`;
+:func:`probe_table` turns its rows into the table of the book and :func:`difference_table` its test
+scores into the student's gain over its initial weights.
 """
 from __future__ import annotations
 
-import dataclasses
-import io
-import json
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mtmg.core.config import DataSpec
-from mtmg.evaluation import metrics
+from mtmg.core.checkpoint import CorruptCheckpointError
+from mtmg.core.config import ALL_SHOTS, PROBE_CS
+from mtmg.evaluation import intervals, metrics
 
-DEFAULT_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-3, 3, 7))
-"""Inverse regularisation strengths tried on validation."""
-ALL = 0
+DEFAULT_CS = PROBE_CS
+"""Inverse regularisation strengths tried on validation (the probe stage's default ``Cs``)."""
+ALL = ALL_SHOTS
 """``shots`` value meaning the whole training split."""
 
 
@@ -120,11 +121,6 @@ def _scores(model, x: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarra
     return out
 
 
-def _score(scores: np.ndarray, targets: np.ndarray, multilabel: bool) -> float:
-    return (metrics.macro_average_precision(scores, targets) if multilabel
-            else metrics.top1_accuracy(scores, targets))
-
-
 def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs: Sequence[float] = DEFAULT_CS,
                  seed: int = 0, max_iter: int = 1000) -> ProbeResult:
     """Fit one logistic regression per C on ``train``, keep the best on ``val``, score it on ``test``."""
@@ -137,7 +133,7 @@ def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs:
     scale = _Standardiser(train.features)
     xtr, xva, xte = scale(train.features), scale(val.features), scale(test.features)
     ytr = train.targets.astype(np.int64) if not multilabel else (train.targets > 0.5).astype(np.int64)
-    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.exceptions import ConvergenceWarning  # imported here: scikit-learn takes seconds to import
 
     best = None
     for C in sorted(Cs):
@@ -146,12 +142,12 @@ def linear_probe(train: Split, val: Split, test: Split, multilabel: bool, *, Cs:
             warnings.filterwarnings("ignore", message="Label .* is present in all training examples")
             warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
             model = _classifier(C, multilabel, seed, max_iter).fit(xtr, ytr)
-        v = _score(_scores(model, xva, n_classes, multilabel), val.targets, multilabel)
+        v = metrics.headline_score(_scores(model, xva, n_classes, multilabel), val.targets, multilabel)
         if best is None or v > best[1] + 1e-12:
             best = (C, v, model)
     C, v, model = best
     scores = _scores(model, xte, n_classes, multilabel)
-    return ProbeResult("macro_ap" if multilabel else "top1", float(_score(scores, test.targets, multilabel)),
+    return ProbeResult(metrics.PRIMARY_METRIC[multilabel], metrics.headline_score(scores, test.targets, multilabel),
                        float(C), float(v), len(train.targets), len(test.targets), scores)
 
 
@@ -197,38 +193,15 @@ def paired_difference(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndar
     bootstrap interval: ``(difference, low, high)``.
 
     ``scores_a`` and ``scores_b``: the (N, C) test scores of one or more fits each (few-shot draws); each
-    side's score is the mean over its fits. Every bootstrap resample draws N test items with replacement
-    and scores both encoders on the same items (multi-label: macro AP over the classes with a positive in
-    the resample, :func:`mtmg.evaluation.metrics.resampled_macro_average_precision`), so the interval reflects how few
-    test items there are. Resamples are drawn in blocks of at most 2**23 draw counts (64 MiB).
+    side's score is the mean over its fits (:func:`mtmg.evaluation.intervals.difference_interval`).
     """
     if not scores_a or not scores_b:
         raise ValueError("paired_difference: give at least one score array per encoder")
     n = len(targets)
     if any(len(s) != n for s in (*scores_a, *scores_b)):
         raise ValueError(f"paired_difference: every score array needs one row per test item ({n})")
-    if multilabel:
-        def delta(counts: np.ndarray) -> np.ndarray:
-            a, b = ([metrics.resampled_macro_average_precision(s, targets, counts) for s in side]
-                    for side in (scores_a, scores_b))
-            return np.mean(a, axis=0) - np.mean(b, axis=0)
-    else:  # top-1: each item's hit rate over the fits, a's minus b's, weighted by the item's draws
-        hits = (np.mean([np.argmax(s, axis=1) == targets for s in scores_a], axis=0)
-                - np.mean([np.argmax(s, axis=1) == targets for s in scores_b], axis=0))
-
-        def delta(counts: np.ndarray) -> np.ndarray:
-            return counts @ hits / n
-
-    diff = float(delta(np.ones((1, n)))[0])
-    rng = np.random.default_rng(seed)
-    boot, block = [], max(1, 2 ** 23 // n)
-    for start in range(0, n_boot, block):
-        rows = min(block, n_boot - start)
-        drawn = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
-        counts = np.bincount(drawn.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
-        boot.append(delta(counts))
-    low, high = np.nanpercentile(np.concatenate(boot), [2.5, 97.5])
-    return diff, float(low), float(high)
+    found = intervals.difference_interval(scores_a, scores_b, targets, multilabel, n_boot=n_boot, seed=seed)
+    return found.value, found.low, found.high
 
 
 # --- encoders of a profile --------------------------------------------------------------------------------
@@ -240,149 +213,13 @@ ENCODERS: dict[str, tuple[str, str]] = {
     "clip_zeroshot": ("rgb", "CLIP zero-shot on RGB"),
 }
 """Encoder name -> (view it reads, label in tables)."""
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """The probe stage of a profile (``configs/<profile>/probe.yaml``; without it: the alignment evaluation
-    sets). ``max_items`` caps each split at a fixed random subset (``seed``) for paper-scale data."""
-
-    datasets: tuple[DataSpec, ...] = ()
-    shots: tuple[int, ...] = (1, 2, 5, ALL)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    Cs: tuple[float, ...] = DEFAULT_CS
-    max_items: int | None = None
-    seed: int = 0
-    bootstrap: int = 1000
-
-
-PROBE_CONFIG_FILE = "probe.yaml"
 SCORES_FILE = "test_scores.npz"
 DIFFERENCES_FILE = "differences.csv"
-FILES = ("results.csv", SCORES_FILE, DIFFERENCES_FILE)
-"""The files a finished probe folder holds."""
 
 
-def load_probe_config(prof: Any) -> ProbeConfig:
-    """The profile's probe config (``prof.probe`` as :func:`mtmg.runs.profiles.load_profile` read it, else
-    ``configs/<profile>/probe.yaml``; keys of :class:`ProbeConfig`; ``datasets`` default to the alignment
-    evaluation sets), with the profile's data roots applied to datasets of the same name."""
-    from mtmg.core.config import load_config
-    from mtmg.runs.profiles import CONFIG_ROOT
-
-    path = CONFIG_ROOT / prof.name / PROBE_CONFIG_FILE
-    cfg = (prof.probe if getattr(prof, "probe", None) is not None
-           else load_config(path, ProbeConfig) if path.is_file() else ProbeConfig())
-    roots = {s.name: s for s in (*prof.align.eval_sets, prof.align.data)}
-    datasets = tuple(dataclasses.replace(s, root=roots[s.name].root) if s.name in roots else s
-                     for s in cfg.datasets) or tuple(prof.align.eval_sets)
-    return dataclasses.replace(cfg, datasets=datasets)
-
-
-def probe_key(cfg: ProbeConfig, prof: Any, patch_key: str, align_key: str) -> str:
-    """Run-store key of the probe: its config, the MS view size, the stage 1 and 2 folders it reads, the data."""
-    from mtmg.core import runstore
-
-    settings = {"probe": dataclasses.asdict(cfg), "ms_size": prof.align.ms_size, "carve": prof.align.carve}
-    return runstore.stage_key("probe", settings, upstream=(patch_key, align_key), data=cfg.datasets)
-
-
-def initial_student(prof: Any, out_dim: int) -> torch.nn.Module:
-    """The student as stage 2 built it before training: the configured weights and the projection drawn
-    after ``torch.manual_seed(align.train.seed)``."""
-    from mtmg.models.student import build_student
-
-    torch.manual_seed(prof.align.train.seed)
-    return build_student(prof.align.student, out_dim)
-
-
-@torch.no_grad()
-def embed_views(encoders: Mapping[str, torch.nn.Module], dataset: Any, *, device: torch.device,
-                batch_size: int = 256, num_workers: int = 0) -> tuple[dict[str, Split], np.ndarray]:
-    """One pass over a paired dataset: every encoder of :data:`ENCODERS` on its view (bf16 autocast on
-    CUDA, embeddings returned in fp32)."""
-    from torch.utils.data import DataLoader
-
-    from mtmg.core.device import autocast
-
-    outs: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
-    targets = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        for name, encoder in encoders.items():
-            with autocast(device):
-                outs[name].append(encoder(batch[ENCODERS[name][0]].to(device)).float().cpu())
-        targets.append(torch.as_tensor(batch["target"]))
-    y = torch.cat(targets).numpy()
-    return {name: Split.of(torch.cat(v), y) for name, v in outs.items()}, y
-
-
-def run_probe(prof: Any, patch_dir: Path, align_dir: Path, out_dir: Path, cfg: ProbeConfig | None = None
-              ) -> pd.DataFrame:
-    """The probe stage: embed train, validation and test splits of every dataset of ``cfg`` with the four
-    encoders (patched and zero-shot towers of ``patch_dir``, the student of ``align_dir`` and its initial
-    weights) and run :func:`few_shot_curve` for each; writes ``results.csv`` (one row per fit) and
-    ``test_scores.npz`` (every fit's test scores and each dataset's test targets, see :func:`load_test_scores`)
-    and ``differences.csv`` (:func:`difference_table` with ``cfg.bootstrap`` resamples)."""
-    from torch.utils.data import Subset
-
-    from mtmg.core import checkpoint
-    from mtmg.core.device import resolve_device
-    from mtmg.data.tasks import held_out, ms_resize, training_split
-    from mtmg.method.patching import load_patched
-    from mtmg.models.clip import tower_copy
-    from mtmg.models.student import evaluation_spec, read_band_metadata
-
-    cfg = cfg or load_probe_config(prof)
-    dev = resolve_device(prof.device)
-    bundle, _ = load_patched(patch_dir, dev, prof.cache)
-    patched = bundle.model.visual.eval()
-    zeroshot = tower_copy(patched, checkpoint.load(patch_dir / "zeroshot.pt"))
-    trained = checkpoint.load(align_dir / "student.pt")
-    with warnings.catch_warnings():  # no pretrained student weights at all is a configuration, not a problem here
-        warnings.simplefilter("ignore")
-        init = initial_student(prof, trained["proj.weight"].shape[0])
-    student = _loaded_like(init, trained)
-    encoders = {"student": student.to(dev).eval(), "student_init": init.to(dev).eval(),
-                "clip_patched": patched, "clip_zeroshot": zeroshot}
-    bands = read_band_metadata(align_dir)
-    ms_tf = ms_resize(prof.align.ms_size)
-    frames, arrays = [], {}
-    for spec in cfg.datasets:
-        spec = evaluation_spec(spec, bands)
-        val, test = held_out(spec, bundle.preprocess_val, prof.align.carve, ms_tf)
-        if test is None:
-            raise ValueError(f"probe dataset {spec.name}: needs a test split (test_split is null)")
-        splits = {"train": training_split(spec, bundle.preprocess_val, prof.align.carve, ms_tf), "val": val,
-                  "test": test}
-        feats: dict[str, dict[str, Split]] = {}
-        multilabel = bool(getattr(val, "multilabel", False))
-        for split, data in splits.items():
-            if cfg.max_items is not None and len(data) > cfg.max_items:
-                keep = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.max_items]
-                data = Subset(data, sorted(keep.tolist()))
-            feats[split], _ = embed_views(encoders, data, device=dev, batch_size=prof.align.eval_batch_size,
-                                          num_workers=prof.align.train.num_workers)
-        arrays[_scores_name(spec.name, "targets")] = feats["test"]["student"].targets
-        for name in encoders:
-            rows = few_shot_curve(feats["train"][name], feats["val"][name], feats["test"][name], multilabel,
-                                  shots=cfg.shots, seeds=cfg.seeds, Cs=cfg.Cs)
-            arrays.update({_scores_name(spec.name, name, r["shots"], r["seed"]): r["test_scores"] for r in rows})
-            frames.append(pd.DataFrame([{"dataset": spec.name, "model": name, "modality": ENCODERS[name][0],
-                                         **{k: v for k, v in r.items() if k != "test_scores"}} for r in rows]))
-    results = pd.concat(frames, ignore_index=True)
-    checkpoint.atomic_write_text(Path(out_dir) / "results.csv", results.to_csv(index=False))
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    checkpoint.atomic_write_bytes(Path(out_dir) / SCORES_FILE, buffer.getvalue())
-    differences = difference_table(arrays, n_boot=cfg.bootstrap)
-    checkpoint.atomic_write_text(Path(out_dir) / DIFFERENCES_FILE, differences.to_csv(index=False))
-    checkpoint.atomic_write_text(Path(out_dir) / "probe.json", json.dumps(
-        {"config": dataclasses.asdict(cfg), "patch_dir": str(patch_dir), "align_dir": str(align_dir)},
-        indent=1, default=str) + "\n")
-    return results
-
-
-def _scores_name(dataset: str, *parts: object) -> str:
+def scores_name(dataset: str, *parts: object) -> str:
+    """The name of an array in ``test_scores.npz``: ``<dataset>/targets`` or
+    ``<dataset>/<encoder>/<shots>/<seed>``."""
     return "/".join(str(p) for p in (dataset, *parts))
 
 
@@ -392,8 +229,12 @@ def load_test_scores(folder: str | Path) -> dict[str, np.ndarray]:
     path = Path(folder) / SCORES_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no probe test scores; run the probe stage (python -m mtmg probe) first")
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays, truncated or foreign files
+        raise CorruptCheckpointError(path, f"not an archive of numeric arrays ({' '.join(str(e).split())})",
+                                     "run the probe stage again (python -m mtmg probe --force)") from None
 
 
 def load_differences(folder: str | Path) -> pd.DataFrame:
@@ -417,7 +258,7 @@ def difference_table(scores: str | Path | Mapping[str, np.ndarray], a: str = "st
             fits.setdefault((parts[0], parts[1], int(parts[2])), []).append(array)
     rows = []
     for dataset in dict.fromkeys(name.split("/")[0] for name in scores):
-        targets = scores[_scores_name(dataset, "targets")]
+        targets = scores[scores_name(dataset, "targets")]
         for k in sorted({k for (d, m, k) in fits if d == dataset and m == a}, key=lambda k: (k == ALL, k)):
             if (dataset, b, k) not in fits:
                 continue
@@ -427,14 +268,6 @@ def difference_table(scores: str | Path | Mapping[str, np.ndarray], a: str = "st
                          "difference": round(100 * diff, 2), "low": round(100 * low, 2), "high": round(100 * high, 2),
                          "n_test": len(targets), "clear": bool(low > 0 or high < 0)})
     return pd.DataFrame(rows, columns=["dataset", "shots", "difference", "low", "high", "n_test", "clear"])
-
-
-def _loaded_like(template: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    import copy
-
-    model = copy.deepcopy(template)
-    model.load_state_dict(state)
-    return model
 
 
 def probe_table(results: pd.DataFrame) -> pd.DataFrame:

@@ -1,14 +1,23 @@
-"""Zero-shot evaluation of an image classifier (encoder + frozen head) over a loader."""
+"""Zero-shot evaluation of an image classifier (encoder + frozen head) over a loader, and of a CLIP
+model on one split of a task."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from mtmg.core.config import DataSpec
+from mtmg.data.tasks import head_for, open_split, task_info
 from mtmg.evaluation import metrics
-from mtmg.evaluation.embeddings import run_encoder
+from mtmg.evaluation.embeddings import embed
+from mtmg.evaluation.metrics import PRIMARY_METRIC
+from mtmg.models.clip import ClipBundle, ImageClassifier
 
 
 def evaluate_zeroshot(
@@ -28,8 +37,8 @@ def evaluate_zeroshot(
     (:func:`mtmg.evaluation.metrics.authors_macro_average_precision`, the paper's convention), "n_samples"}.
     Values are fractions in [0, 1]; AP uses the raw logits.
     """
-    logits, targets = run_encoder(classifier, loader, key, device, desc)
-    return score_logits(logits, targets, multilabel, empty_class)
+    outputs, targets = embed({"logits": (classifier, key)}, loader, device, desc)
+    return score_logits(outputs["logits"], targets, multilabel, empty_class)
 
 
 def score_logits(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, empty_class: str = "drop") -> dict:
@@ -49,3 +58,42 @@ def score_logits(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, 
         "confusion_matrix": metrics.confusion_matrix(logits, targets, num_classes).tolist(),
         "n_samples": int(targets.shape[0]),
     }
+
+
+# --- zero-shot scoring -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ZeroShotScore:
+    """One CLIP model scored zero-shot on one split: the prompts used and every metric of
+    :func:`evaluate_zeroshot` (``metric`` names the headline one, ``value`` its value)."""
+
+    spec: DataSpec
+    split: str
+    classes: list[str]
+    classnames: list[str]
+    templates: list[str]
+    multilabel: bool
+    n_samples: int
+    metric: str
+    value: float
+    metrics: dict[str, Any]
+    skipped: list[Any] = field(default_factory=list)
+    """Files left out under ``on_error="skip"`` (:class:`mtmg.data.datasets.base.Skipped`: path, reason)."""
+
+
+def score_zeroshot(bundle: ClipBundle, spec: DataSpec, split: str, *, heads_dir: Path | None,
+                   device: torch.device | str = "cpu", batch_size: int = 256, num_workers: int = 0) -> ZeroShotScore:
+    """Score ``bundle`` zero-shot on the RGB view of ``spec``'s ``split`` (``spec.options`` reach the
+    reader: ``on_error``, ``split_file``, ...); prompts come from :func:`mtmg.data.tasks.task_info`."""
+    device = torch.device(device)
+    data = open_split(spec, split, bundle.preprocess_val)
+    head, multilabel = head_for(bundle, spec, data, heads_dir)
+    names, templates, _ = task_info(spec, data)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    metrics = evaluate_zeroshot(ImageClassifier(bundle.model.visual, head.to(device)), loader, "rgb",
+                                multilabel, device, desc=f"zero-shot {spec.name}/{split}")
+    n = int(metrics.pop("n_samples"))
+    metric = PRIMARY_METRIC[multilabel]
+    return ZeroShotScore(spec, split, list(data.classes), names, templates, multilabel, n, metric,
+                         float(metrics[metric]), metrics, list(getattr(data, "skipped", [])))

@@ -16,9 +16,11 @@ the stage 1 folder it distils.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,34 +30,46 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from mtmg.core import checkpoint, paths, runstore
-from mtmg.core.config import AlignConfig, save_config
-from mtmg.core.device import autocast, resolve_device
-from mtmg.data.augment import AUGMENTATIONS, d4, random_d4, random_resized_crop
-from mtmg.data.tasks import (
-    HEADS,
-    PRIMARY_METRIC,
-    cache_folder,
-    head_for,
-    held_out,
-    maybe_in_memory,
-    ms_resize,
-    sample_ids,
-    training_split,
-)
+from mtmg.core.config import AUGMENTATIONS, AlignConfig, StudentConfig, save_config
+from mtmg.core.device import resolve_device, torch_threads
+from mtmg.data.augment import authors_crops, d4, random_d4
+from mtmg.data.sentinel2 import band_metadata, evaluation_spec, save_band_metadata
+from mtmg.data.tasks import HEADS, cache_folder, head_for, held_out, ms_resize, sample_ids, training_split
 from mtmg.evaluation import metrics
-from mtmg.evaluation.embeddings import run_encoder
+from mtmg.evaluation.embeddings import embed
+from mtmg.method import validation
 from mtmg.method.losses import feature_loss, task_loss
-from mtmg.method.patching import load_patched
-from mtmg.method.training import LOG, LossFn, fit, is_main, main_first, read_log
+from mtmg.method.patching import _image_norm, load_patched
+from mtmg.method.training import (
+    LOG,
+    LossFn,
+    check_resume,
+    fit,
+    is_main,
+    main_first,
+    maybe_in_memory,
+    read_log,
+)
 from mtmg.models.clip import ZeroShotHead, tower_copy
-from mtmg.models.student import Student, band_metadata, build_student, evaluation_spec, save_band_metadata
+from mtmg.models.student import Student, build_student
 
 TEACHER_CACHE = "teacher_cache.pt"
-FILES = ("student.pt", "results.csv")
+STUDENT_FILE = "student.pt"
+FILES = (STUDENT_FILE, "results.csv")
 """The files a finished stage 2 folder holds."""
+
+
+def load_student(folder: str | Path, cfg: StudentConfig) -> Student:
+    """The trained student of a finished stage 2 folder: the architecture of ``cfg``, the weights of its
+    ``student.pt`` (the configured initial weights are not read)."""
+    state = checkpoint.load(Path(folder) / STUDENT_FILE)
+    with warnings.catch_warnings():  # no initial weights: student.pt replaces them all
+        warnings.simplefilter("ignore")
+        student = build_student(dataclasses.replace(cfg, weights=None), state["proj.weight"].shape[0])
+    student.load_state_dict(state)
+    return student
 
 
 @torch.no_grad()
@@ -63,15 +77,10 @@ def teacher_embeddings(teacher: nn.Module, dataset: Dataset, views: int, *, devi
                        batch_size: int = 256, num_workers: int = 0) -> torch.Tensor:
     """(N, views, D) float32 embeddings of ``dataset[i]["rgb"]`` under D4 elements 0..views-1."""
     teacher.eval()
-    out = []
-    for k in range(views):
-        chunks = []
-        for batch in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers),
-                          desc=f"teacher cache {k + 1}/{views}", leave=False):
-            with autocast(device):
-                chunks.append(teacher(d4(batch["rgb"].to(device), k)).float().cpu())
-        out.append(torch.cat(chunks))
-    return torch.stack(out, dim=1)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = [embed({"t": (lambda x, k=k: teacher(d4(x, k)), "rgb")}, loader, device, f"teacher cache {k + 1}/{views}")
+           for k in range(views)]
+    return torch.stack([o["t"] for o, _ in out], dim=1)
 
 
 def cached_teacher_embeddings(teacher: nn.Module, dataset: Dataset, views: int, path: Path, key: str, *,
@@ -110,10 +119,8 @@ def _zeroshot_rows(model: str, modality: str, dataset: str, split: str, emb: tor
                    targets: torch.Tensor, head: ZeroShotHead, multilabel: bool) -> list[dict[str, Any]]:
     with torch.no_grad():
         logits = head.cpu()(emb)
-    name = PRIMARY_METRIC[multilabel]
-    value = metrics.macro_average_precision(logits, targets) if multilabel else metrics.top1_accuracy(logits, targets)
-    rows = [{"model": model, "modality": modality, "dataset": dataset, "split": split, "metric": name,
-             "value": float(value)}]
+    rows = [{"model": model, "modality": modality, "dataset": dataset, "split": split, "metric":
+             metrics.PRIMARY_METRIC[multilabel], "value": metrics.headline_score(logits, targets, multilabel)}]
     if multilabel:  # the paper's convention beside the correct AP (see mtmg.evaluation.metrics)
         rows.append({**rows[0], "metric": "macro_ap_authors",
                      "value": metrics.authors_macro_average_precision(logits, targets)})
@@ -127,13 +134,14 @@ def evaluate_alignment(students: dict[str, nn.Module], teachers: dict[str, nn.Mo
     """Zero-shot score of each teacher on RGB and each student on MS, and RGB↔MS retrieval recall@k
     of each student against the first teacher (the aligned pair), as tidy rows."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    rows, rgb = [], {}
-    for tname, teacher in teachers.items():
-        rgb[tname], targets = run_encoder(teacher, loader, "rgb", device, desc=f"{tname} {name}/{split}")
-        rows += _zeroshot_rows(tname, "rgb", name, split, rgb[tname], targets, head, multilabel)
-    reference = rgb[next(iter(teachers))]
-    for sname, student in students.items():
-        emb, targets = run_encoder(student, loader, "ms", device, desc=f"{sname} {name}/{split}")
+    views = {**{t: (m, "rgb") for t, m in teachers.items()}, **{s: (m, "ms") for s, m in students.items()}}
+    out, targets = embed(views, loader, device, desc=f"{name}/{split}")
+    rows = []
+    for tname in teachers:
+        rows += _zeroshot_rows(tname, "rgb", name, split, out[tname], targets, head, multilabel)
+    reference = out[next(iter(teachers))]
+    for sname in students:
+        emb = out[sname]
         rows += _zeroshot_rows(sname, "ms", name, split, emb, targets, head, multilabel)
         for direction, recalls in metrics.retrieval_recalls(emb, reference, ks, names=("ms", "rgb")).items():
             rows += [{"model": sname, "modality": direction, "dataset": name, "split": split,
@@ -228,7 +236,7 @@ def align(teacher: nn.Module, student: Student, head: ZeroShotHead, multilabel: 
             cache = cached_teacher_embeddings(teacher, train, views, out_dir / TEACHER_CACHE, key, device=device,
                                               batch_size=cfg.eval_batch_size, num_workers=cfg.train.num_workers)
     augment = {"d4": random_d4(("rgb", "ms")), "d4_student": random_d4(("ms",)), "none": None,
-               "rrc": random_resized_crop(("rgb", "ms"))}[cfg.augment]
+               "rrc": None}[cfg.augment]  # rrc: the reader crops (see _align)
     loss_fn = make_loss(teacher, head, multilabel, kind=cfg.feature_loss, cls_weight=cfg.cls_weight, cache=cache)
     fit(student, loss_fn, train, cfg.train, out_dir / "train", device=device, resume=resume,
         augment=augment, desc="alignment", identity=identity)
@@ -244,9 +252,13 @@ def run_alignment(cfg: AlignConfig, *, teacher_dir: str | Path | None = None, ou
     the outputs, and the other ranks return ``None`` at once.
     """
     check_supported(cfg)
+    validation.check_align_config(cfg, "align")  # names, options, roots, student: before anything is written
     teacher = teacher_folder(cfg, teacher_dir)
     out = output_folder(cfg, teacher, out_dir)
-    with runstore.writing("align", out, align_key(cfg, teacher), FILES, enabled=is_main()):
+    if resume:
+        check_resume(out / "train", cfg.train, resume_identity(cfg, teacher))
+    with torch_threads(cfg.threads), runstore.writing("align", out, align_key(cfg, teacher), FILES,
+                                                      enabled=is_main()):
         _align(cfg, teacher, out, resolve_device(device), resume)
     return AlignResult.load(out) if is_main() else None
 
@@ -263,10 +275,15 @@ def _align(cfg: AlignConfig, teacher_dir: Path, out: Path, dev: torch.device, re
 
         t = time.perf_counter()
         ms_tf = ms_resize(cfg.ms_size)
-        train = training_split(cfg.data, bundle.preprocess_val, cfg.carve, ms_tf)
+        if cfg.augment == "rrc":  # the authors' crops of the native-resolution views, new at every step
+            rgb_crop, ms_crop = authors_crops(*_image_norm(teacher), cfg.ms_size)
+            train = training_split(cfg.data, rgb_crop, cfg.carve, ms_crop)
+        else:
+            train = training_split(cfg.data, bundle.preprocess_val, cfg.carve, ms_tf)
         ids = sample_ids(train)
         bands = band_metadata(train)
-        train = maybe_in_memory(train, cfg.in_memory, ("rgb", "ms", "target"), f"{cfg.data.name}/train")
+        if cfg.augment != "rrc":
+            train = maybe_in_memory(train, cfg.in_memory, ("rgb", "ms", "target"), f"{cfg.data.name}/train")
         head, multilabel = head_for(bundle, cfg.data, train, cache / HEADS)
         with torch.no_grad():
             dim = teacher.to(dev)(train[0]["rgb"][None].to(dev)).shape[-1]
@@ -282,7 +299,7 @@ def _align(cfg: AlignConfig, teacher_dir: Path, out: Path, dev: torch.device, re
     if not is_main():
         return
     timings["train"] = time.perf_counter() - t
-    checkpoint.atomic_save({k: v.detach().cpu() for k, v in student.state_dict().items()}, out / "student.pt")
+    checkpoint.atomic_save({k: v.detach().cpu() for k, v in student.state_dict().items()}, out / STUDENT_FILE)
     save_band_metadata(bands, out)
 
     t = time.perf_counter()

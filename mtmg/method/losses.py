@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FEATURE_LOSSES = ("mse", "cosine")
+from mtmg.core.config import FEATURE_LOSSES
 
 
 def task_loss(multilabel: bool, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

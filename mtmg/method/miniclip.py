@@ -33,11 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mtmg.core import paths
+from mtmg.core import checkpoint, paths
 from mtmg.core.device import autocast, resolve_device
 from mtmg.data import prompts, synthetic
 from mtmg.data.datasets import get_dataset
 from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.method.training import warmup_cosine
 from mtmg.models.clip import ClipBundle, ImageClassifier, load_clip, register_model_config
 from mtmg.models.zeroshot import build_zeroshot_head
 
@@ -101,13 +102,6 @@ def encode_text(model: open_clip.CLIP, tokens: torch.Tensor, normalize: bool = F
     return F.normalize(x, dim=-1) if normalize else x
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def _optimizer(model: nn.Module, config: MiniClipConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -141,17 +135,6 @@ def _normalizer(model: nn.Module, device: torch.device) -> Callable[[torch.Tenso
     return lambda x: (x.to(device, torch.float32) / 255 - mean) / std
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def pretrain_miniclip(config: MiniClipConfig, out_path: str | os.PathLike,
                       device: str | torch.device = "cpu") -> Path:
     """Pretrain MiniCLIP on synthetic captions; write its state dict (and a ``.json`` log) atomically.
@@ -180,7 +163,7 @@ def pretrain_miniclip(config: MiniClipConfig, out_path: str | os.PathLike,
     bar = tqdm(range(config.steps), desc="pretraining MiniCLIP")
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * _lr_factor(step, config.warmup_steps, config.steps)
+            group["lr"] = config.lr * warmup_cosine(step, config.warmup_steps, config.steps)
         sl = slice(step * config.batch_size, (step + 1) * config.batch_size)
         batch = images[order[sl]]
         batch = torch.where(flips[sl].view(-1, 1, 1, 1), batch.flip(-1), batch)
@@ -197,12 +180,12 @@ def pretrain_miniclip(config: MiniClipConfig, out_path: str | os.PathLike,
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out_path, lambda tmp: torch.save(state, tmp))
+    checkpoint.atomic_save(state, out_path)
     log = {"config": asdict(config), "generator_version": synthetic.GENERATOR_VERSION,
            "cache_key": config.cache_key(), "device": str(device), "torch_threads": torch.get_num_threads(),
            "render_seconds": round(render_s, 1),
            "train_seconds": round(time.perf_counter() - start - render_s, 1), "losses": losses}
-    _atomic_write(out_path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(log, indent=2)))
+    checkpoint.atomic_write_text(out_path.with_suffix(".json"), json.dumps(log, indent=2))
     return out_path
 
 
@@ -287,20 +270,20 @@ def ship(out_dir: str | os.PathLike, cache_dir: str | os.PathLike, config: MiniC
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out_dir = Path(out_dir)
     target = out_dir / _file_name(config)
-    _atomic_write(target, lambda tmp: torch.save(half, tmp))
+    checkpoint.atomic_save(half, target)
     record["zeroshot_top1"] = {"float32": zeroshot_accuracies(source, device),
                                "float16": zeroshot_accuracies(target, device)}
     worst = max(abs(record["zeroshot_top1"]["float16"][k] - record["zeroshot_top1"]["float32"][k])
                 for k in record["zeroshot_top1"]["float32"])
     record["stored_dtype"] = "float16" if worst <= tolerance else "float32"
     if worst > tolerance:
-        _atomic_write(target, lambda tmp: torch.save(state, tmp))
+        checkpoint.atomic_save(state, target)
     steps = range(config.steps)
     log = pd.DataFrame({"step": [s + 1 for s in steps],
-                        "lr": [config.lr * _lr_factor(s, config.warmup_steps, config.steps) for s in steps],
+                        "lr": [config.lr * warmup_cosine(s, config.warmup_steps, config.steps) for s in steps],
                         "loss": losses})
-    _atomic_write(target.with_suffix(".csv"), lambda tmp: log.to_csv(tmp, index=False, float_format="%.6g"))
-    _atomic_write(target.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    checkpoint.atomic_write_text(target.with_suffix(".csv"), log.to_csv(index=False, float_format="%.6g"))
+    checkpoint.atomic_write_text(target.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     return target
 
 

@@ -23,34 +23,35 @@ from typing import Any
 
 import pandas as pd
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mtmg.core import checkpoint, paths, runstore
 from mtmg.core.config import ClipSpec, PatchConfig, save_config
-from mtmg.core.device import resolve_device
+from mtmg.core.device import resolve_device, torch_threads
 from mtmg.data.augment import paint_train_transform, random_d4
-from mtmg.data.tasks import (
-    HEADS,
-    PRIMARY_METRIC,
-    cache_folder,
-    clip_identity,
-    clip_source,
-    head_for,
-    held_out,
-    load_clip_spec,
-    maybe_in_memory,
-    training_split,
-)
+from mtmg.data.tasks import HEADS, cache_folder, head_for, held_out, training_split
+from mtmg.evaluation.metrics import PRIMARY_METRIC
 from mtmg.evaluation.scoring import evaluate_zeroshot
+from mtmg.method import validation
+from mtmg.method.clip_weights import clip_identity, clip_source, load_clip_spec
 from mtmg.method.losses import task_loss
-from mtmg.method.training import LOG, fit, is_main, main_first, read_log
+from mtmg.method.training import (
+    LOG,
+    check_resume,
+    fit,
+    is_main,
+    main_first,
+    maybe_in_memory,
+    read_log,
+)
 from mtmg.models.clip import ClipBundle, ImageClassifier, ZeroShotHead, load_clip
 
 PAPER_ALPHA = 0.5
 AUGMENTATIONS = ("none", "d4", "paint")
-"""The augmentations of :data:`mtmg.data.augment.AUGMENTATIONS` that stage 1 applies."""
+"""The augmentations of :data:`mtmg.core.config.AUGMENTATIONS` that stage 1 applies."""
 FILES = ("selected_alpha.json", "scores.csv", "patched.pt", "zeroshot.pt", "clip.json")
 """The files a finished stage 1 folder holds."""
 
@@ -174,8 +175,6 @@ def sweep(visual: nn.Module, zs: Mapping[str, torch.Tensor], ft: Mapping[str, to
 # --- the stage -------------------------------------------------------------------------------------------
 
 def _image_norm(visual: nn.Module) -> tuple[int, Sequence[float], Sequence[float]]:
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
     size = visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     return (int(size), getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN,
@@ -266,8 +265,11 @@ def run_patching(cfg: PatchConfig, *, out_dir: str | Path | None = None, device:
     outputs, and the other ranks return ``None`` at once (a barrier could time out during a long sweep).
     """
     check_supported(cfg)
+    validation.check_patch_config(cfg, "patch")  # names, options, roots: before anything is written
     out = output_folder(cfg, out_dir)
-    with runstore.writing("patch", out, patch_key(cfg), FILES, enabled=is_main()):
+    if resume:
+        check_resume(out / "finetune", cfg.train, resume_identity(cfg))
+    with torch_threads(cfg.threads), runstore.writing("patch", out, patch_key(cfg), FILES, enabled=is_main()):
         _patch(cfg, out, resolve_device(device), resume)
     return PatchResult.load(out) if is_main() else None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -33,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from mtmg.core import checkpoint
-from mtmg.core.config import TrainConfig
+from mtmg.core.config import TrainConfig, to_dict
 from mtmg.core.device import autocast, single_thread
+from mtmg.core.errors import UserError
 
 LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
 CHECKPOINT = "checkpoint.pt"
@@ -55,14 +57,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class EpochSampler(Sampler):
-    """A fixed permutation per ``(seed, epoch)``, from position ``start``, yielding ``(index, item_seed)``."""
+    """A fixed permutation per ``(seed, epoch)`` (without ``shuffle``: the dataset order in every epoch),
+    from position ``start``, yielding ``(index, item_seed)``."""
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
-        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.start, self.shuffle = n, seed, epoch, start, shuffle
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         for idx in order[self.start:]:
             yield idx, sample_seed(self.seed, self.epoch, idx)
 
@@ -181,6 +184,11 @@ class InMemoryDataset(Dataset):
         return self.items[index]
 
 
+def maybe_in_memory(dataset: Dataset, enabled: bool, keys: tuple[str, ...], desc: str) -> Dataset:
+    """``dataset`` loaded once into memory (``keys`` only) when ``enabled``; for deterministic transforms."""
+    return InMemoryDataset(dataset, keys, desc) if enabled else dataset
+
+
 @dataclass(frozen=True)
 class FitResult:
     """What :func:`fit` did: steps in total, the step it resumed from, and the files it wrote."""
@@ -225,21 +233,36 @@ def resume_meta(cfg: TrainConfig, n: int, identity: Mapping[str, Any] | None = N
     """Everything a resumed run must share with the checkpoint it continues, as dotted keys: the number of
     items, every training setting that shapes the result (optimiser, schedule, loop) and ``identity``
     (the stage's other settings, data manifests, weights)."""
-    from mtmg.core.config import to_dict
-
     train = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
     meta = flatten({"n": n, "train": train, **(identity or {})})
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()}
 
 
+class ResumeMismatchError(UserError, ValueError):
+    """A checkpoint to resume from that was written with other settings."""
+
+
+def _compare(path: Path, saved: Mapping[str, str], meta: Mapping[str, str], skip: Sequence[str] = ()) -> None:
+    keys = sorted((set(saved) | set(meta)) - set(skip))
+    diff = [f"{k}: {saved.get(k, '(absent)')} (checkpoint) vs {meta.get(k, '(absent)')} (now)"
+            for k in keys if saved.get(k) != meta.get(k)]
+    if diff:
+        raise ResumeMismatchError(f"{path}: the checkpoint was written with other settings: " + "; ".join(diff[:12])
+                                  + "; resume with the same settings, or start again without --resume")
+
+
+def check_resume(out_dir: str | Path, cfg: TrainConfig, identity: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume from ``out_dir``'s checkpoint if it was written with other settings (every key of
+    :func:`resume_meta` but the number of items, which needs the data): a stage calls this before it writes
+    anything. No checkpoint: nothing to check."""
+    path = Path(out_dir) / CHECKPOINT
+    if path.is_file():
+        _compare(path, checkpoint.load(path).get("meta", {}), resume_meta(cfg, 0, identity), skip=("n",))
+
+
 def _restore(path: Path, module: nn.Module, opt: torch.optim.Optimizer, sched: Any, meta: dict) -> int:
     state = checkpoint.load(path)
-    saved = state.get("meta", {})
-    if saved != meta:
-        diff = [f"{k}: {saved.get(k, '(absent)')} (checkpoint) vs {meta.get(k, '(absent)')} (now)"
-                for k in sorted(set(saved) | set(meta)) if saved.get(k) != meta.get(k)]
-        raise ValueError(f"{path}: the checkpoint was written with other settings: " + "; ".join(diff[:12])
-                         + "; resume with the same settings, or start again without --resume")
+    _compare(path, state.get("meta", {}), meta)
     module.load_state_dict(state["model"])
     if "optimizer" in state:  # absent from the checkpoint of a finished run (fit then takes no step)
         opt.load_state_dict(state["optimizer"])
@@ -332,8 +355,8 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
     try:
         while step < total:
             epoch, within = divmod(step, spe)
-            batches = RankBatches(EpochSampler(n, cfg.seed, epoch, within * cfg.batch_size), cfg.batch_size,
-                                  cfg.drop_last, rank, world)
+            order = EpochSampler(n, cfg.seed, epoch, within * cfg.batch_size, cfg.shuffle)
+            batches = RankBatches(order, cfg.batch_size, cfg.drop_last, rank, world)
             loader = DataLoader(wrapped, batch_sampler=batches, num_workers=cfg.num_workers,
                                 pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
@@ -381,8 +404,6 @@ def fit(module: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig, 
 
 def read_log(path: Path) -> Any:
     """The CSV log :func:`fit` writes as a DataFrame, or None when the file is absent."""
-    import pandas as pd
-
     return pd.read_csv(path) if Path(path).is_file() else None
 
 

@@ -10,6 +10,7 @@ expected (``ViT-B-32-small.json``; see :func:`config_file_model`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -23,12 +24,16 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+import torch.nn.modules.activation
+import torch.nn.modules.transformer
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from safetensors import SafetensorError
 from torch import nn
 
+from mtmg.core.checkpoint import atomic_save
 from mtmg.core.device import resolve_device
 from mtmg.core.errors import ArgumentError, ConfigError, WeightsError
+from mtmg.core.paths import resolve
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -132,8 +137,6 @@ def config_file_model(model_name: str) -> tuple[str, str] | None:
     ``<file name>@sha256:<16 hex>`` (two files with the same stem never share it); None for other names."""
     if not model_name.endswith(".json"):
         return None
-    from mtmg.core.paths import resolve
-
     path = resolve(model_name)
     if not path.is_file():
         raise ArgumentError(f"Model config {path} not found: a model name ending in .json must be the path of an "
@@ -231,7 +234,7 @@ def load_clip(
             model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
                 config_name, pretrained=checkpoint, device=device, cache_dir=cache_dir, **kwargs)
     except (RuntimeError, KeyError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
-            SafetensorError) as e:
+            SafetensorError, AttributeError) as e:  # AttributeError: a .npz file is read as big_vision weights
         if checkpoint is None:
             raise
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -255,9 +258,6 @@ def weights_loaded_later():
     strict state-dict load overwrites next (open_clip loads full CLIP checkpoints strictly). The random draw
     would be thrown away, and costs seconds for a large model on the CPU (ViT-L-14: about 4 s). The
     initialisers are module-wide, so do not build models in other threads meanwhile."""
-    import torch.nn.modules.activation
-    import torch.nn.modules.transformer
-
     # torch's attention modules import their initialisers by name
     holders = (nn.init, torch.nn.modules.activation, torch.nn.modules.transformer)
     saved = [(holder, name, getattr(holder, name)) for holder in holders for name in _INITIALISERS
@@ -290,8 +290,6 @@ def random_init_file(model_name: str, cache_dir: str | os.PathLike, seed: int = 
     slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_id)
     path = Path(cache_dir) / RANDOM_INIT_DIR / f"{slug}-seed{seed}-{key[:16]}.pt"
     if not path.is_file():
-        from mtmg.core.checkpoint import atomic_save
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = open_clip.create_model(config_name, pretrained=None)
@@ -356,7 +354,7 @@ def _hub_files(tag_cfg: dict) -> tuple[str, list[str]] | None:
 def _cached_tag_file(tag_cfg: dict, cache_dir: str | None) -> str | None:
     hub = _hub_files(tag_cfg)
     if hub is not None:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # imported here: only hub tags need it
 
         repo, names = hub
         for name in names:
@@ -416,8 +414,6 @@ def _file_id(path: Path) -> str:
 
 def tower_copy(tower: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A frozen, eval-mode copy of an image tower with the weights ``state`` (e.g. the α = 0 endpoint)."""
-    import copy
-
     other = copy.deepcopy(tower)
     other.load_state_dict(state)
     return other.requires_grad_(False).eval()

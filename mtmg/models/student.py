@@ -7,25 +7,20 @@ or unexpected.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from mtmg.core import checkpoint
-from mtmg.core.config import DataSpec, StudentConfig
+from mtmg.core import checkpoint, paths
+from mtmg.core.config import StudentConfig
 
 SSL4EO_MOCO = "ssl4eo_s2_moco"
 HEAD_PREFIXES = ("head.",)
-BANDS_FILE = "student_bands.json"
-"""Written beside ``student.pt``: the bands the student was trained on and those that were zero-filled."""
 
 
 class WeightsMismatchError(ValueError):
@@ -64,7 +59,7 @@ def load_backbone_weights(backbone: nn.Module, state: Mapping[str, torch.Tensor]
 
 
 def _ssl4eo_state_dict() -> dict[str, torch.Tensor]:
-    from torchgeo.models import ViTSmall16_Weights
+    from torchgeo.models import ViTSmall16_Weights  # imported here: torchgeo takes seconds to import
 
     weights = ViTSmall16_Weights.SENTINEL2_ALL_MOCO
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
@@ -84,7 +79,7 @@ def read_weights(spec: str) -> dict[str, torch.Tensor]:
     """The backbone state dict named by ``spec``: ``ssl4eo_s2_moco`` or a file (``state_dict``/``model`` unwrapped)."""
     if spec == SSL4EO_MOCO:
         return _ssl4eo_state_dict()
-    path = Path(spec).expanduser()
+    path = paths.resolve(spec)  # relative: from the project root, as in the run-store key
     if not path.is_file():
         raise FileNotFoundError(f"{path}: student weights not found; give a state-dict file or '{SSL4EO_MOCO}'")
     state = checkpoint.load(path, fix="download the weights file again, or give another state-dict file "
@@ -105,45 +100,3 @@ def build_student(cfg: StudentConfig, out_dim: int) -> Student:
         warnings.warn(f"student {cfg.arch}: no weights given (student.weights), random initialisation",
                       stacklevel=2)
     return Student(backbone, cfg.out_dim or out_dim)
-
-
-def _base_dataset(dataset: Any) -> Any:
-    """The reader under subsets and in-memory wrappers (their ``.dataset``)."""
-    while not hasattr(dataset, "level") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
-    return dataset
-
-
-def band_metadata(train: Any) -> dict[str, Any]:
-    """The student's band record for its training data: the 13 SSL4EO bands, the training data's level,
-    and ``zero_filled``: the bands that data does not have (B10 in L2A products such as BigEarthNet)."""
-    from mtmg.data.sentinel2 import SSL4EO_BANDS
-
-    level = getattr(_base_dataset(train), "level", None)
-    return {"bands": list(SSL4EO_BANDS), "level": level, "zero_filled": ["B10"] if level == "L2A" else []}
-
-
-def save_band_metadata(metadata: Mapping[str, Any], folder: str | Path) -> None:
-    """Write :data:`BANDS_FILE` into the stage 2 folder (atomically)."""
-    from mtmg.core.checkpoint import atomic_write_text
-
-    atomic_write_text(Path(folder) / BANDS_FILE, json.dumps(dict(metadata), indent=1) + "\n")
-
-
-def read_band_metadata(folder: str | Path) -> dict[str, Any]:
-    """The band record of the student in a stage 2 folder; a folder without one (older runs) counts as a
-    student trained on all 13 recorded bands."""
-    path = Path(folder) / BANDS_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    from mtmg.data.sentinel2 import SSL4EO_BANDS
-
-    return {"bands": list(SSL4EO_BANDS), "level": None, "zero_filled": []}
-
-
-def evaluation_spec(spec: DataSpec, metadata: Mapping[str, Any]) -> DataSpec:
-    """``spec`` as the student should read it: SEN12MS with ``b10: zero`` when the student was trained
-    without B10 and the spec does not choose (``options: {b10: real}`` keeps the recorded band)."""
-    if spec.name == "sen12ms" and "b10" not in spec.options and "B10" in metadata.get("zero_filled", ()):
-        return dataclasses.replace(spec, options={**spec.options, "b10": "zero"})
-    return spec

@@ -1,4 +1,5 @@
-"""Runs: profiles, the stages and the pipeline that runs them into the run store.
+"""Runs: profiles, the stage registry and the pipeline that runs the stages (the probe stage included)
+into the run store.
 
 Imports every package below it; never mtmg.book or mtmg.cli.
 """

@@ -1,191 +1,209 @@
-"""The stages behind the book's chapters, each reused from the run store when it already ran.
+"""The stages behind the book's chapters, registered once in :data:`STAGES`, each reused from the run
+store when it already ran.
 
-The ``ensure_*`` functions return a stage's result, running the stage first when the run store has no
-complete folder for its key (:mod:`mtmg.core.runstore`: settings, upstream keys, package source, weights
-and data manifest). Folders are ``runs/<profile>/<stage>/<key>/``, so parameter sets live side by side;
-each call prints the folder it read or wrote.
+A :class:`Stage` names the chapter that runs it, the stages it reads, the files of a finished folder,
+its key and its runner. :func:`ensure` returns a stage's result, running the stages it reads and then
+the stage itself when the run store has no complete folder for its key (:mod:`mtmg.core.runstore`:
+settings, upstream keys, package source, weights and data manifest); each key is computed once per
+call. Folders are ``runs/<profile>/<stage>/<key>/``, so parameter sets live side by side; each call
+prints the folder it read or wrote.
 
-- :func:`ensure_zeroshot`: zero-shot CLIP on every dataset (:func:`mtmg.runs.stages.run_zeroshot`);
-- :func:`ensure_patch`: stage 1 (:func:`mtmg.method.patching.run_patching`);
-- :func:`ensure_align`: stage 2 (:func:`mtmg.method.alignment.run_alignment`), after stage 1;
-- :func:`ensure_embeddings`: text, RGB and MS test embeddings (:func:`mtmg.runs.stages.compute_embeddings`);
-- :func:`ensure_layout`: their joint 2-D UMAP or PCA layout (cached beside them);
-- :func:`ensure_patched_zeroshot`: patched CLIP on every dataset;
-- :func:`ensure_probe`: linear probes of the student, its initial weights and both CLIP towers
-  (:func:`mtmg.evaluation.probe.run_probe`), after stage 2.
+- ``zeroshot``: zero-shot CLIP on every dataset (:func:`mtmg.runs.stages.run_zeroshot`), chapter 1;
+- ``patch``: stage 1 (:func:`mtmg.method.patching.run_patching`), chapter 2;
+- ``align``: stage 2 (:func:`mtmg.method.alignment.run_alignment`), after stage 1, chapter 3;
+- ``embeddings``: text, RGB and MS test embeddings (:func:`mtmg.runs.stages.compute_embeddings`), chapters 3-4;
+- ``zeroshot_patched``: patched CLIP on every dataset, chapter 5;
+- ``probe``: linear probes of the student, its initial weights and both CLIP towers
+  (:func:`mtmg.runs.probe.run_probe`), after stage 2, chapter 5.
 
-Profiles come from :func:`mtmg.runs.profiles.load_profile`, the figures' data views from :mod:`mtmg.book.views`.
+The ``ensure_*`` functions are :func:`ensure` of one stage. Profiles come from
+:func:`mtmg.runs.profiles.load_profile`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from mtmg.core import checkpoint, paths, runstore
-from mtmg.evaluation import probe
+from mtmg.core.device import torch_threads
 from mtmg.method import alignment, patching
-from mtmg.runs import stages
+from mtmg.runs import probe, stages
 from mtmg.runs.profiles import Profile
 
-STAGES = ("zeroshot", "patch", "align", "embeddings", "zeroshot_patched", "probe")
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the book: its name, the chapter that runs it, what its time includes, the stages it
+    reads, the files of a finished folder, its run-store key (from the profile and the folders of the
+    stages it reads), its runner (writes the folder) and the reader of a finished folder. ``locks``:
+    the runner takes the folder's lock and records the key itself (the two training stages)."""
+
+    name: str
+    chapter: int
+    includes: str
+    upstream: tuple[str, ...]
+    files: tuple[str, ...]
+    key: Callable[[Profile, Mapping[str, Path]], str]
+    run: Callable[[Profile, Path, Mapping[str, Path]], object]
+    load: Callable[[Path], Any]
+    threads: Callable[[Profile], int] = lambda prof: prof.threads
+    locks: bool = False
 
 
-def _ensure(stage: str, folder: Path, key: str, required: Sequence[str], run: Callable[[], object],
-            force: bool) -> Path:
-    """Run ``run()`` (which writes ``folder`` under ``key``) unless ``folder`` is complete for ``key``."""
-    reuse = not force and runstore.is_current(folder, key, required)
-    if not reuse:
-        run()
+def _recorded(folders: Mapping[str, Path], *names: str) -> tuple[str, ...]:
+    return tuple(runstore.recorded_key(folders[n]) for n in names)
+
+
+def _run_patched_zeroshot(prof: Profile, folder: Path, up: Mapping[str, Path]) -> None:
+    alpha = patching.PatchResult.load(up["patch"]).alpha
+    stages.run_zeroshot(prof.zeroshot, folder, device=prof.device, tower=f"patched (alpha={alpha:g})",
+                        visual_state=checkpoint.load(up["patch"] / "patched.pt"))
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("zeroshot", 1, "zero-shot heads and scoring; also MiniCLIP pretraining when its settings are not the "
+          "shipped ones (data/miniclip/) and not in cache/ yet", (), stages.ZEROSHOT_FILES,
+          key=lambda prof, up: stages.zeroshot_key(prof.zeroshot),
+          run=lambda prof, folder, up: stages.run_zeroshot(prof.zeroshot, folder, device=prof.device),
+          load=stages.ZeroShotResult.load, threads=lambda prof: prof.zeroshot.threads),
+    Stage("patch", 2, "fine-tuning, the α sweep on validation and test splits", (), patching.FILES,
+          key=lambda prof, up: patching.patch_key(prof.patch),
+          run=lambda prof, folder, up: patching.run_patching(prof.patch, out_dir=folder, device=prof.device),
+          load=patching.PatchResult.load, locks=True),
+    Stage("align", 3, "teacher embeddings, distillation, evaluation", ("patch",), alignment.FILES,
+          key=lambda prof, up: alignment.align_key(prof.align, up["patch"]),
+          run=lambda prof, folder, up: alignment.run_alignment(prof.align, teacher_dir=up["patch"], out_dir=folder,
+                                                               device=prof.device),
+          load=alignment.AlignResult.load, locks=True),
+    Stage("embeddings", 3, "embedding the test tiles with every model", ("patch", "align"), stages.EMBEDDING_FILES,
+          key=lambda prof, up: stages.embeddings_key(prof, *_recorded(up, "patch", "align")),
+          run=lambda prof, folder, up: stages.compute_embeddings(prof, up["patch"], up["align"], folder),
+          load=stages.Embeddings.load),
+    Stage("zeroshot_patched", 5, "zero-shot scoring of the patched model", ("patch",), stages.ZEROSHOT_FILES,
+          key=lambda prof, up: stages.zeroshot_key(prof.zeroshot, _recorded(up, "patch")),
+          run=_run_patched_zeroshot, load=stages.ZeroShotResult.load, threads=lambda prof: prof.zeroshot.threads),
+    Stage("probe", 5, "embedding train, validation and test tiles with four encoders, the probe fits and the "
+          "bootstrap intervals", ("patch", "align"), probe.FILES,
+          key=lambda prof, up: probe.probe_key(probe.load_probe_config(prof), prof, *_recorded(up, "patch", "align")),
+          run=lambda prof, folder, up: probe.run_probe(prof, up["patch"], up["align"], folder),
+          load=probe.ProbeRun.load),
+)}
+"""Every stage of the book, in the order the chapters run them."""
+
+
+def chapter_stages(chapter: int) -> tuple[str, ...]:
+    """The stages chapter ``chapter`` runs itself, in registry order."""
+    return tuple(name for name, s in STAGES.items() if s.chapter == chapter)
+
+
+class _Folders:
+    """The folders of one profile's stages, each key computed at most once (per call of :func:`ensure`)."""
+
+    def __init__(self, prof: Profile) -> None:
+        self.prof, self._known, self.results = prof, {}, {}
+
+    def __call__(self, name: str) -> Path:
+        if name not in self._known:
+            stage = STAGES[name]
+            up = {u: self(u) for u in stage.upstream}
+            self._known[name] = runstore.stage_folder(self.prof.name, name, stage.key(self.prof, up))
+        return self._known[name]
+
+
+def _stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; use one of {list(STAGES)}")
+    return STAGES[name]
+
+
+def ensure(prof: Profile, name: str, *, force: bool = False, _folders: _Folders | None = None) -> Any:
+    """The result of stage ``name`` for the profile's parameter set: the stages it reads are ensured
+    first (reused when complete), then the stage runs unless its folder is complete for its key
+    (``force``: run it again, not the stages it reads)."""
+    stage = _stage(name)
+    folders = _folders or _Folders(prof)
+    if name in folders.results:  # ensured already in this call (a stage two others read)
+        return folders.results[name]
+    with runstore.one_walk_per_dataset():
+        for u in stage.upstream:
+            ensure(prof, u, _folders=folders)
+        folder = folders(name)
+        key = folder.name
+        reuse = not force and runstore.is_current(folder, key, stage.files)
+        if not reuse:
+            up = {u: folders(u) for u in stage.upstream}
+            if stage.locks:
+                stage.run(prof, folder, up)
+            else:
+                with torch_threads(stage.threads(prof)), runstore.writing(name, folder, key, stage.files):
+                    stage.run(prof, folder, up)
     shown = folder.relative_to(paths.PROJECT_ROOT) if folder.is_relative_to(paths.PROJECT_ROOT) else folder
-    print(f"{stage}: {'reused' if reuse else 'wrote'} {shown}")
-    return folder
-
-
-def _written(stage: str, folder: Path, key: str, required: Sequence[str], body: Callable[[], object]) -> Callable:
-    def run() -> None:
-        with runstore.writing(stage, folder, key, required):
-            body()
-    return run
-
-
-def patch_folder(prof: Profile) -> Path:
-    """The run-store folder of the profile's stage 1."""
-    return runstore.stage_folder(prof.name, "patch", patching.patch_key(prof.patch))
-
-
-def align_folder(prof: Profile) -> Path:
-    """The run-store folder of the profile's stage 2 (stage 1 must have finished: its key is part of it)."""
-    return runstore.stage_folder(prof.name, "align", alignment.align_key(prof.align, patch_folder(prof)))
-
-
-def zeroshot_folder(prof: Profile, patched: bool = False) -> Path:
-    """The run-store folder of the zero-shot stage (of the patched tower: stage 1 must have finished)."""
-    upstream = (runstore.recorded_key(patch_folder(prof)),) if patched else ()
-    stage = "zeroshot_patched" if patched else "zeroshot"
-    return runstore.stage_folder(prof.name, stage, stages.zeroshot_key(prof.zeroshot, upstream))
-
-
-def embeddings_folder(prof: Profile) -> Path:
-    """The run-store folder of the embeddings (stages 1 and 2 must have finished)."""
-    key = stages.embeddings_key(prof, runstore.recorded_key(patch_folder(prof)),
-                                runstore.recorded_key(align_folder(prof)))
-    return runstore.stage_folder(prof.name, "embeddings", key)
+    print(f"{name}: {'reused' if reuse else 'wrote'} {shown}")
+    folders.results[name] = stage.load(folder)
+    return folders.results[name]
 
 
 def ensure_zeroshot(prof: Profile, *, force: bool = False) -> stages.ZeroShotResult:
     """Chapter 1: zero-shot scores of the profile's CLIP on every dataset."""
-    folder = zeroshot_folder(prof)
-    key = folder.name
-    _ensure("zeroshot", folder, key, stages.ZEROSHOT_FILES, _written(
-        "zeroshot", folder, key, stages.ZEROSHOT_FILES,
-        lambda: stages.run_zeroshot(prof.zeroshot, folder, device=prof.device)), force)
-    return stages.ZeroShotResult.load(folder)
+    return ensure(prof, "zeroshot", force=force)
 
 
 def ensure_patch(prof: Profile, *, force: bool = False) -> patching.PatchResult:
     """Chapter 2: PAINT patching (:func:`mtmg.method.patching.run_patching`)."""
-    folder = patch_folder(prof)
-    _ensure("patch", folder, folder.name, patching.FILES,
-            lambda: patching.run_patching(prof.patch, out_dir=folder, device=prof.device), force)
-    return patching.PatchResult.load(folder)
+    return ensure(prof, "patch", force=force)
 
 
 def ensure_align(prof: Profile, *, force: bool = False) -> alignment.AlignResult:
     """Chapter 3: cross-modal alignment (:func:`mtmg.method.alignment.run_alignment`); runs stage 1 first if needed."""
-    teacher = ensure_patch(prof).out_dir
-    folder = align_folder(prof)
-    _ensure("align", folder, folder.name, alignment.FILES,
-            lambda: alignment.run_alignment(prof.align, teacher_dir=teacher, out_dir=folder, device=prof.device),
-            force)
-    return alignment.AlignResult.load(folder)
+    return ensure(prof, "align", force=force)
 
 
 def ensure_embeddings(prof: Profile, *, force: bool = False) -> stages.Embeddings:
     """Chapters 3-4: embeddings of the paired test split; runs stages 1 and 2 first if needed."""
-    align = ensure_align(prof)
-    folder = embeddings_folder(prof)
-    key = folder.name
-    _ensure("embeddings", folder, key, stages.EMBEDDING_FILES, _written(
-        "embeddings", folder, key, stages.EMBEDDING_FILES,
-        lambda: stages.compute_embeddings(prof, patch_folder(prof), align.out_dir, folder)), force)
-    return stages.Embeddings.load(folder)
-
-
-def ensure_layout(prof: Profile, emb: stages.Embeddings, method: str = "umap", *,
-                  force: bool = False) -> pd.DataFrame:
-    """The joint 2-D layout (:func:`mtmg.evaluation.gap.reduce_2d`) of :func:`mtmg.book.views.embedding_sets`, cached as
-    CSV in the embeddings folder (one file per method and seed)."""
-    from mtmg.book.views import embedding_sets
-    from mtmg.evaluation.gap import reduce_2d
-
-    path = emb.out_dir / f"layout-{method}-seed{prof.seed}.csv"
-    if path.is_file() and not force:
-        layout = pd.read_csv(path, keep_default_na=False)
-        layout["label"] = layout["label"].astype(object)
-        return layout
-    sets, labels = embedding_sets(emb)
-    layout = reduce_2d(sets, labels, method=method, seed=prof.seed)
-    checkpoint.atomic_write_text(path, layout.to_csv(index=False))
-    return layout
+    return ensure(prof, "embeddings", force=force)
 
 
 def ensure_patched_zeroshot(prof: Profile, *, force: bool = False) -> stages.ZeroShotResult:
     """Chapter 5: the zero-shot stage again with the patched image tower."""
-    patch = ensure_patch(prof)
-    folder = zeroshot_folder(prof, patched=True)
-    key = folder.name
-
-    def body() -> None:
-        stages.run_zeroshot(prof.zeroshot, folder, device=prof.device, tower=f"patched (alpha={patch.alpha:g})",
-                            visual_state=checkpoint.load(patch.out_dir / "patched.pt"))
-
-    _ensure("zeroshot_patched", folder, key, stages.ZEROSHOT_FILES,
-            _written("zeroshot_patched", folder, key, stages.ZEROSHOT_FILES, body), force)
-    return stages.ZeroShotResult.load(folder)
+    return ensure(prof, "zeroshot_patched", force=force)
 
 
-def probe_folder(prof: Profile, cfg: probe.ProbeConfig | None = None) -> Path:
-    """The run-store folder of the linear probe (stages 1 and 2 must have finished); ``cfg`` defaults to
-    :func:`mtmg.evaluation.probe.load_probe_config`."""
-    key = probe.probe_key(cfg or probe.load_probe_config(prof), prof, runstore.recorded_key(patch_folder(prof)),
-                          runstore.recorded_key(align_folder(prof)))
-    return runstore.stage_folder(prof.name, "probe", key)
-
-
-def ensure_probe(prof: Profile, cfg: probe.ProbeConfig | None = None, *, force: bool = False) -> pd.DataFrame:
-    """Chapter 5: linear probes (:func:`mtmg.evaluation.probe.run_probe`; one row per fit); runs stages 1 and 2
-    first."""
-    cfg = cfg or probe.load_probe_config(prof)
-    align = ensure_align(prof)
-    folder = probe_folder(prof, cfg)
-    key = folder.name
-    _ensure("probe", folder, key, probe.FILES, _written(
-        "probe", folder, key, probe.FILES,
-        lambda: probe.run_probe(prof, patch_folder(prof), align.out_dir, folder, cfg)), force)
-    return pd.read_csv(folder / "results.csv")
+def ensure_probe(prof: Profile, *, force: bool = False) -> probe.ProbeRun:
+    """Chapter 5: linear probes (:func:`mtmg.runs.probe.run_probe`): the fits, the student's gain over its
+    initial weights and the folder; runs stages 1 and 2 first."""
+    return ensure(prof, "probe", force=force)
 
 
 def stage_folder(prof: Profile, stage: str) -> Path:
-    """The run-store folder of ``stage`` (one of :data:`STAGES`) for the profile's parameter set; the
+    """The run-store folder of ``stage`` (a name of :data:`STAGES`) for the profile's parameter set; the
     stages it reads must have finished (their keys are part of its key), else FileNotFoundError."""
-    folders = {"zeroshot": zeroshot_folder, "patch": patch_folder, "align": align_folder,
-               "embeddings": embeddings_folder, "zeroshot_patched": lambda p: zeroshot_folder(p, patched=True),
-               "probe": probe_folder}
-    if stage not in folders:
-        raise KeyError(f"unknown stage {stage!r}; use one of {list(STAGES)}")
-    return folders[stage](prof)
+    _stage(stage)
+    with runstore.one_walk_per_dataset():
+        return _Folders(prof)(stage)
+
+
+def stage_folders(prof: Profile) -> dict[str, Path]:
+    """The folder of every stage of :data:`STAGES` whose key can be known now (the stages it reads have
+    finished), for the profile's parameter set."""
+    folders, out = _Folders(prof), {}
+    with runstore.one_walk_per_dataset():
+        for stage in STAGES:
+            try:
+                out[stage] = folders(stage)
+            except (FileNotFoundError, runstore.CorruptStatusError, runstore.ChangedOutputError):
+                # a stage it reads has not run, or its folder is corrupt or was edited by hand
+                continue
+    return out
 
 
 def run_times(prof: Profile) -> pd.DataFrame:
     """When each finished stage of the profile's parameter set ran, how long it took (seconds) and its folder."""
     rows = []
-    for stage in STAGES:
-        try:
-            folder = stage_folder(prof, stage)
-        except FileNotFoundError:  # a stage it reads has not run
-            continue
+    for stage, folder in stage_folders(prof).items():
         status = runstore.read_status(folder)
         if status is not None and status.get("key") == folder.name:
             rows.append({"stage": stage, "seconds": status.get("seconds"), "finished": status.get("finished"),

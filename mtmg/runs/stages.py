@@ -6,9 +6,7 @@ folder, and each result type reads a finished folder back with ``load(folder)``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,21 +15,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from mtmg.core import checkpoint, runstore
 from mtmg.core.config import ZeroShotConfig
-from mtmg.data.tasks import (
-    HEADS,
-    cache_folder,
-    clip_identity,
-    head_for,
-    load_clip_spec,
-    ms_resize,
-    open_split,
-    sample_ids,
-    score_zeroshot,
-    task_info,
-)
+from mtmg.core.device import resolve_device
+from mtmg.data.tasks import HEADS, cache_folder, head_for, ms_resize, open_split, sample_ids, task_info
+from mtmg.evaluation.embeddings import embed
+from mtmg.evaluation.scoring import score_zeroshot
+from mtmg.method.alignment import load_student
+from mtmg.method.clip_weights import clip_identity, load_clip_spec
+from mtmg.method.patching import load_patched
+from mtmg.models.clip import tower_copy
 from mtmg.runs.profiles import Profile, unique_specs
 
 ZEROSHOT_FILES = ("results.json", "results.csv")
@@ -79,10 +74,8 @@ def zeroshot_key(cfg: ZeroShotConfig, upstream: tuple[str, ...] = ()) -> str:
 def run_zeroshot(cfg: ZeroShotConfig, out_dir: Path, *, device: str = "auto",
                  visual_state: Mapping[str, torch.Tensor] | None = None, tower: str = "zero-shot") -> ZeroShotResult:
     """Score ``cfg.clip`` (its image tower replaced by ``visual_state`` if given) zero-shot on every
-    dataset of ``cfg`` (:func:`mtmg.data.tasks.score_zeroshot`, on the test split, else validation); write
+    dataset of ``cfg`` (:func:`mtmg.evaluation.scoring.score_zeroshot`, on the test split, else validation); write
     ``results.json`` (per-class scores, confusion matrices) and ``results.csv``."""
-    from mtmg.core.device import resolve_device
-
     dev = resolve_device(device)
     cache = cache_folder(cfg.cache_dir)
     bundle = load_clip_spec(cfg.clip, cache, dev)
@@ -175,9 +168,11 @@ def subset_indices(n: int, max_items: int, seed: int) -> list[int]:
 
 
 def embeddings_key(prof: Profile, patch_key: str, align_key: str) -> str:
-    """Run-store key of the embeddings: their settings, the stage 1 and 2 folders they read, the data."""
-    settings = {"split": prof.embed_split, "max": prof.embed_max, "seed": prof.seed, "ms_size": prof.align.ms_size,
-                "eval_batch_size": prof.align.eval_batch_size}
+    """Run-store key of the embeddings: their settings (the torch threads included), the stage 1 and 2
+    folders they read, the data."""
+    emb = prof.embeddings
+    settings = {"split": emb.split, "max": emb.max_items, "seed": emb.seed, "ms_size": prof.align.ms_size,
+                "eval_batch_size": prof.align.eval_batch_size, "threads": prof.threads}
     return runstore.stage_key("embeddings", settings, upstream=(patch_key, align_key), data=(prof.embed_data,))
 
 
@@ -185,46 +180,28 @@ def embeddings_key(prof: Profile, patch_key: str, align_key: str) -> str:
 def compute_embeddings(prof: Profile, patch_dir: Path, align_dir: Path, out_dir: Path) -> Embeddings:
     """Embed the text prompts, the RGB composites (zero-shot and patched CLIP, from ``patch_dir``) and the
     MS views (the student of ``align_dir``) of the profile's paired test split."""
-    from torch.utils.data import DataLoader, Subset
-
-    from mtmg.core.device import autocast, resolve_device
-    from mtmg.method.patching import load_patched
-    from mtmg.models.clip import tower_copy
-    from mtmg.models.student import build_student
-
     dev = resolve_device(prof.device)
     bundle, alpha = load_patched(patch_dir, dev, prof.cache)
     patched = bundle.model.visual.eval()
     zeroshot = tower_copy(patched, checkpoint.load(patch_dir / "zeroshot.pt"))
-    data = open_split(prof.embed_data, prof.embed_split, bundle.preprocess_val, ms_resize(prof.align.ms_size))
+    data = open_split(prof.embed_data, prof.embeddings.split, bundle.preprocess_val, ms_resize(prof.align.ms_size))
     head, multilabel = head_for(bundle, prof.embed_data, data, prof.cache / HEADS)
     names, templates, _ = task_info(prof.embed_data, data)
     prompts = [t.format(c, c=c) for c in names for t in templates]
     text = bundle.model.encode_text(bundle.tokenizer(prompts).to(dev), normalize=True).float().cpu()
-    with warnings.catch_warnings():  # the weights come from student.pt, not from the configured source
-        warnings.simplefilter("ignore")
-        student = build_student(dataclasses.replace(prof.align.student, weights=None), head.weight.shape[1])
-    student.load_state_dict(checkpoint.load(align_dir / "student.pt"))
-    student.to(dev).eval()
+    student = load_student(align_dir, prof.align.student).to(dev)
 
-    indices = subset_indices(len(data), prof.embed_max, prof.seed)
+    indices = subset_indices(len(data), prof.embeddings.max_items, prof.embeddings.seed)
     loader = DataLoader(Subset(data, indices), batch_size=prof.align.eval_batch_size, shuffle=False,
                         num_workers=prof.align.train.num_workers)
-    outs: dict[str, list[torch.Tensor]] = {"rgb_zeroshot": [], "rgb_patched": [], "ms_student": [], "targets": []}
-    for batch in loader:
-        rgb, ms = batch["rgb"].to(dev), batch["ms"].to(dev)
-        with autocast(dev):
-            outs["rgb_zeroshot"].append(zeroshot(rgb).float().cpu())
-            outs["rgb_patched"].append(patched(rgb).float().cpu())
-            outs["ms_student"].append(student(ms).float().cpu())
-        outs["targets"].append(torch.as_tensor(batch["target"]))
-    targets = torch.cat(outs["targets"])
+    outs, targets = embed({"rgb_zeroshot": (zeroshot, "rgb"), "rgb_patched": (patched, "rgb"),
+                           "ms_student": (student, "ms")}, loader, dev, desc="embeddings")
     checkpoint.atomic_save({"embeddings": text, "labels": torch.arange(len(names)).repeat_interleave(len(templates)),
                             "class_embeddings": head.weight.cpu(), "logit_scale": head.logit_scale.cpu()},
                            out_dir / "text.pt")
     for name in ("rgb_zeroshot", "rgb_patched", "ms_student"):
-        checkpoint.atomic_save({"embeddings": torch.cat(outs[name]), "targets": targets}, out_dir / f"{name}.pt")
-    meta = {"dataset": prof.embed_data.name, "root": prof.embed_data.root, "split": prof.embed_split,
+        checkpoint.atomic_save({"embeddings": outs[name], "targets": targets}, out_dir / f"{name}.pt")
+    meta = {"dataset": prof.embed_data.name, "root": prof.embed_data.root, "split": prof.embeddings.split,
             "ids": sample_ids(data, indices), "classes": list(data.classes), "classnames": names,
             "templates": templates, "multilabel": multilabel, "level": getattr(data, "level", "L1C"),
             "alpha": alpha, "n_total": len(data)}

@@ -95,16 +95,8 @@ def carve_validation(dataset_train: Dataset, fraction: float = 0.1, max_size: in
     return DatasetSubset(dataset_train, sorted(perm[n_val:])), DatasetSubset(dataset_train, sorted(perm[:n_val]))
 
 
-def write_shards(dataset_name: str, root: str | Path, out_dir: str | Path, split: str,
-                 samples_per_shard: int = 1000, **dataset_kwargs: Any) -> Path:
-    """Convert a split to WebDataset shards; see :func:`mtmg.data.datasets.shards.write_shards`."""
-    from .shards import write_shards as _write
-
-    return _write(dataset_name, root, out_dir, split, samples_per_shard, **dataset_kwargs)
-
-
 __all__ = [
-    "DATASET_NAMES", "DatasetSubset", "carve_validation", "dataset_class", "get_dataset", "write_shards",
+    "DATASET_NAMES", "DatasetSubset", "carve_validation", "dataset_class", "get_dataset",
     "BandCountError", "CorruptFileError", "DatasetNotFoundError", "DTypeError", "InvalidSampleError",
     "LabelError", "MissingFileError", "NonFiniteError", "SampleError", "ShapeError", "UnknownClassError",
     "UnknownDatasetError",

@@ -77,10 +77,9 @@ def make_sample(
     ms_transform: Transform = None,
 ) -> dict[str, Any]:
     """The paired sample of one ``(13, H, W)`` raw array: RGB composite and MS view."""
-    ms = ms_view(array13)
     return {
         "rgb": rgb_output(Image.fromarray(rgb_composite(array13, level)), rgb_transform),
-        "ms": ms_transform(ms) if ms_transform is not None else ms,
+        "ms": ms_view(array13, ms_transform),
         "target": target,
         "id": sample_id,
     }

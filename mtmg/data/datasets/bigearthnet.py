@@ -30,13 +30,12 @@ import pandas as pd
 import torch
 from torchgeo.datasets.bigearthnet import BigEarthNet as _TGBigEarthNet
 
-from mtmg.core.paths import DATA_DIR
+from mtmg.core.paths import DATA_DIR, SPLITS_DIR
 from mtmg.data.sentinel2 import BAND_RESOLUTION_M, BIGEARTHNET_S2_BANDS, to_ssl4eo
 
 from .base import Loaded, MultispectralDataset, OnError, Record, Transform
 from .errors import DatasetNotFoundError, LabelError, MissingFileError
 from .layout import (
-    SPLITS_DIR,
     check_split,
     find_split_file,
     first_dir,
@@ -212,7 +211,7 @@ class BigEarthNetV2(MultispectralDataset):
         self.s1 = s1
         root = Path(root)
         if download:
-            from torchgeo.datasets import BigEarthNetV2 as _TGBigEarthNetV2
+            from torchgeo.datasets import BigEarthNetV2 as _TGBigEarthNetV2  # imported here: only a download needs it
 
             _TGBigEarthNetV2(root=str(root), split=split, download=True, checksum=True)
         what = "BigEarthNet v2 folders (BigEarthNet-S2/<tile>/<patch>/<patch>_B??.tif)"

@@ -19,14 +19,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from mtmg.core.paths import DATA_DIR
+from mtmg.core.paths import DATA_DIR, SPLITS_DIR
 from mtmg.data.sentinel2 import EUROSAT_FILE_BANDS, to_ssl4eo
 
 from .base import Loaded, MultispectralDataset, OnError, Record, RGBDataset, Transform
 from .errors import MissingFileError, ShapeError
 from .layout import (
     SPLITS,
-    SPLITS_DIR,
     check_split,
     find_split_file,
     first_dir,
@@ -93,7 +92,7 @@ class EuroSATMS(MultispectralDataset):
         super().__init__(rgb_transform, ms_transform, on_error, cache)
         root = Path(root)
         if download:
-            from torchgeo.datasets import EuroSAT
+            from torchgeo.datasets import EuroSAT  # imported here: only a download needs it
 
             EuroSAT(root=str(root), split=split if split in SPLITS else "train", download=True, checksum=True)
         what = "EuroSAT-MS class folders of 13-band GeoTIFFs (<Class>/<Class>_<n>.tif)"

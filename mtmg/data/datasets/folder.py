@@ -67,7 +67,7 @@ class RESISC45(ImageFolderDataset):
         check_split(split)
         root = Path(root)
         if download:
-            from torchgeo.datasets import RESISC45 as _TGRESISC45
+            from torchgeo.datasets import RESISC45 as _TGRESISC45  # imported here: only a download needs it
 
             _TGRESISC45(root=str(root), split=split, download=True, checksum=True)
         what = "RESISC45 class folders (NWPU-RESISC45/<class>/<class>_<nnn>.jpg)"

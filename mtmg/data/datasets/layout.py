@@ -1,6 +1,7 @@
 """Finding things on disk: split files, class folders, the first layout variant that exists."""
 from __future__ import annotations
 
+import errno
 import json
 import re
 from collections.abc import Sequence
@@ -8,12 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mtmg.core.errors import ArgumentError
-from mtmg.core.paths import DATA_DIR
 
 from .errors import DatasetNotFoundError, InvalidSampleError, LabelError, MissingFileError, UnknownClassError
-
-SPLITS_DIR = DATA_DIR / "splits"
-"""Fixed splits of the shipped samples (committed, see data/splits/README.md)."""
 
 SPLITS = ("train", "val", "test")
 
@@ -87,9 +84,16 @@ def read_lines(path: Path) -> list[str]:
 
 
 def broken_link_note(path: Path) -> str:
-    """``" (a broken symbolic link to TARGET)"`` when ``path`` is a link whose target is missing, else ``""``."""
+    """``" (a broken symbolic link to TARGET)"`` when ``path`` is a link whose target is missing (or a link
+    that loops back to itself), else ``""``."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
+        try:
+            path.stat()
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return (f" (it is a symbolic link to {path.readlink()} that loops back to itself; point it at the "
+                        "file or remove the link)")
         return f" (it is a broken symbolic link to {path.readlink()}; restore the target or remove the link)"
     return ""
 

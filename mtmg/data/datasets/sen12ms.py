@@ -20,7 +20,7 @@ Two options decide how the patches are fed, because the models are trained elsew
 - ``b10``: ``"real"`` keeps the cirrus band B10 as recorded; ``"zero"`` sets it to 0, as in training data
   without B10 (BigEarthNet is L2A, where B10 does not exist and is zero-filled) and as the reference code
   does. Stage 2 picks ``"zero"`` for a student trained without B10 unless the spec says otherwise
-  (:func:`mtmg.models.student.evaluation_spec`).
+  (:func:`mtmg.data.sentinel2.evaluation_spec`).
 - ``composite``: the white point of the RGB composite; ``"L1C"`` (default) scales B04, B03, B02 by
   255 / 3558 as for every L1C product (the physically right choice: SEN12MS is L1C), ``"L2A"`` by
   255 / 2000 as the reference code does.

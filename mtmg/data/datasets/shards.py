@@ -43,6 +43,7 @@ from mtmg.core.errors import ArgumentError
 from mtmg.data.prompts import for_dataset
 from mtmg.data.sentinel2 import SSL4EO_BANDS
 
+from . import dataset_class, get_dataset
 from .base import Loaded, MultispectralDataset, OnError, Record, Transform, make_sample, target_value
 from .errors import CorruptFileError, DatasetNotFoundError, DTypeError, LabelError, MissingFileError, ShapeError
 from .layout import check_split, read_json, read_lines, read_text
@@ -71,8 +72,6 @@ def write_shards(dataset_name: str, root: str | Path, out_dir: str | Path, split
     out are then listed in ``{split}/skipped.tsv``). An existing ``{split}`` folder is replaced once the
     new one is complete.
     """
-    from . import dataset_class, get_dataset
-
     if samples_per_shard < 1:
         raise ArgumentError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     if not issubclass(dataset_class(dataset_name), MultispectralDataset):
@@ -137,12 +136,12 @@ def _read_info(root: Path) -> tuple[dict[str, Any], list[str], list[str]]:
     info_path = root / INFO_FILE
     if not info_path.is_file():
         raise DatasetNotFoundError(f"{info_path} not found; {root} is not a shard folder written by "
-                                   f"mtmg.data.datasets.write_shards")
-    info = read_json(info_path, "the object written by mtmg.data.datasets.write_shards")
+                                   f"mtmg.data.datasets.shards.write_shards")
+    info = read_json(info_path, "the object written by mtmg.data.datasets.shards.write_shards")
     keys = ("classes", "multilabel", "prompt_key", "level", "source")
     if not isinstance(info, dict) or any(k not in info for k in keys):
         raise LabelError(info_path, f"expected an object with the keys {list(keys)}; write the shards again "
-                                    "with mtmg.data.datasets.write_shards")
+                                    "with mtmg.data.datasets.shards.write_shards")
     return info, read_lines(root / CLASSNAMES_FILE), read_lines(root / TEMPLATES_FILE)
 
 
@@ -157,7 +156,7 @@ def _shard_paths(root: Path, split: str) -> list[Path]:
     nshards_file = root / split / "nshards.txt"
     if not nshards_file.is_file():
         raise DatasetNotFoundError(f"{nshards_file} not found; write this split with "
-                                   f"mtmg.data.datasets.write_shards(..., split={split!r})")
+                                   f"mtmg.data.datasets.shards.write_shards(..., split={split!r})")
     return [root / split / f"{i}.tar" for i in range(_read_count(nshards_file))]
 
 
