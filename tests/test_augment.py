@@ -16,6 +16,12 @@ from mtmg.runs import profiles
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+def _preprocess(size):
+    """CLIP's evaluation transform (as open_clip builds it): resize, centre crop, to tensor, normalise."""
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(MEAN, STD)])
+
+
 def _native(seed=0, size=64):
     g = torch.Generator().manual_seed(seed)
     rgb = Image.fromarray((torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy())
@@ -23,28 +29,26 @@ def _native(seed=0, size=64):
 
 
 def test_crops_reach_the_model_size_from_the_native_views():
-    rgb_crop, ms_crop = authors_crops(32, MEAN, STD, ms_size=48)
+    rgb_crop, ms_crop = authors_crops(_preprocess(32), ms_size=48)
     image, ms = _native()
     torch.manual_seed(0)
     assert rgb_crop(image).shape == (3, 32, 32) and ms_crop(ms).shape == (13, 48, 48)
-    assert authors_crops(32, MEAN, STD)[1](ms).shape == (13, 64, 64)  # ms_size None: the view's own size
+    assert authors_crops(_preprocess(32))[1](ms).shape == (13, 64, 64)  # ms_size None: the view's own size
 
 
 def test_a_whole_image_crop_is_the_bicubic_resize_of_the_native_composite():
     """With the whole image as the box, the RGB view is CLIP's evaluation preprocessing of the native
     composite: the crop is taken before resizing, bicubic (the old crop resized a resized tensor, bilinear)."""
     image, ms = _native(1)
-    rgb_crop, ms_crop = authors_crops(32, MEAN, STD, ms_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    val = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32), T.ToTensor(),
-                     T.Normalize(MEAN, STD)])
-    torch.testing.assert_close(rgb_crop(image), val(image))
+    rgb_crop, ms_crop = authors_crops(_preprocess(32), ms_size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(rgb_crop(image), _preprocess(32)(image))
     resized = T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC, antialias=True)(ms)
     torch.testing.assert_close(ms_crop(ms), resized)
 
 
 def test_views_get_independent_boxes_and_a_seed_reproduces_them():
     ramp = torch.arange(64.0).reshape(1, 8, 8).repeat(13, 8, 8)
-    _, ms_crop = authors_crops(32, MEAN, STD, ms_size=16)
+    _, ms_crop = authors_crops(_preprocess(32), ms_size=16)
     torch.manual_seed(3)
     first = ms_crop(ramp)
     torch.manual_seed(3)

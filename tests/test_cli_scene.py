@@ -94,6 +94,17 @@ def test_search_writes_top_k_geojson_and_thumbnails(scene_dir, tmp_path, tiny_en
     assert tiny_encoders[-1][0] == ["student"]
 
 
+def test_search_by_an_example_window_across_modalities(scene_dir, tmp_path, tiny_encoders, capsys):
+    out = tmp_path / "like"
+    assert main(["search", str(scene_dir), "--like", "1,2", "--like-encoder", "patched", "--k", "2",
+                 "--out", str(out)]) == 0
+    assert tiny_encoders[-1][0] == ["student", "patched"]
+    features = json.loads((out / "like-patched-r1-c2-in-student.geojson").read_text())["features"]
+    assert len(features) == 2
+    assert main(["search", str(scene_dir), "--like", "9,9", "--out", str(out)]) == 2
+    assert "window (9, 9) is not a mapped window" in capsys.readouterr().err
+
+
 def _bad_scene(case, tmp_path):
     scene = tmp_path / "scene"
     if case == "not a scene":
@@ -129,7 +140,7 @@ def _bad_scene(case, tmp_path):
 @pytest.mark.parametrize("command", ["map", "search"])
 def test_bad_scenes_are_one_line_errors(case, message, command, tmp_path, capsys, tiny_encoders):
     scene = _bad_scene(case, tmp_path)
-    argv = [command, str(scene), "--out", str(tmp_path / "out")] + (["a lake"] if command == "search" else [])
+    argv = [command, str(scene), *(["a lake"] if command == "search" else []), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"mtmg {command}: error: ") and message in err and err.count("\n") == 1, err
@@ -160,6 +171,9 @@ def test_bad_map_arguments_are_one_line_errors(extra, message, scene_dir, tmp_pa
 @pytest.mark.parametrize("extra, message", [
     (["  ", "--k", "3"], "the query is empty"),
     (["a lake", "--k", "0"], "--k must be at least 1"),
+    ([], "give either a QUERY text or --like ROW,COL"),
+    (["a lake", "--like", "1,2"], "give either a QUERY text or --like ROW,COL"),
+    (["--like", "one,two"], "expected ROW,COL of the window grid"),
 ])
 def test_bad_search_arguments_are_one_line_errors(extra, message, scene_dir, tmp_path, capsys, tiny_encoders):
     assert main(["search", str(scene_dir), *extra, "--out", str(tmp_path / "out")]) == 2

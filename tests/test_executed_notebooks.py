@@ -45,7 +45,7 @@ def test_source_is_clean_with_one_parameters_cell(path):
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
-    assert 'profile = "default"' in tagged[0].source and "device" in tagged[0].source
+    assert 'profile: str = "default"' in tagged[0].source and "device" in tagged[0].source
     assert not list(_outputs(nb)), f"{path.name}: clear the outputs before saving the source"
     assert all(c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     first = nb.cells[0]

@@ -56,7 +56,8 @@ def page_context(app, pagename, templatename, context, doctree) -> None:
     seen, kept = set(), []
     for script in scripts:
         attributes = getattr(script, "attributes", {}) or {}
-        identity = (getattr(script, "filename", str(script)) or "", tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        identity = (getattr(script, "filename", str(script)) or "",
+                    tuple(sorted((k, str(v)) for k, v in attributes.items())))
         if identity in seen:
             continue
         seen.add(identity)

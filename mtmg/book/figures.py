@@ -553,7 +553,7 @@ def shift_curves(shift: pd.DataFrame, title: str = "Closing the gap by shifting 
     top1 = shift[shift["metric"] == "top1"].sort_values("gap_signed")
     fig = new_figure(6, 3.8)
     ax = fig.subplots()
-    ax.plot(top1["gap_signed"], 100 * top1["value"], marker="o", color="C0")
+    ax.plot(top1["gap_signed"], 100 * top1["value"], marker="o", color=MODEL_COLOURS["patched CLIP"])
     original = top1.iloc[(top1["lambda"].abs()).argmin()]
     ax.axvline(original["gap_signed"], color="0.5", linestyle="--", label="original embeddings (λ = 0)")
     ax.set_xlabel("signed centroid gap after the shift")

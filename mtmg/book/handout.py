@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     solutions = measured_solutions(args.solutions)
     atomic_write_text(args.into / "facilitator.html", facilitator_html(data, solutions))
     print(f"wrote {args.into / 'handout.html'} and {args.into / 'facilitator.html'} "
-          f"({len(solutions)} of {len(data.runs)} exercises with measured numbers)")
+          f"({sum(ex.label in solutions for ex in data.runs)} of {len(data.runs)} exercises with measured numbers)")
     return 0
 
 

@@ -256,7 +256,8 @@ def chapter4(emb: Any, gaps: pd.DataFrame, cross: pd.DataFrame | None = None,
              f"{images.min():.2f}): on this one axis text and images do not overlap at all, although the 2-D maps "
              "may show them side by side." if text.max() < images.min() else
              f"The {sets[0]} reach up to {text.max():.2f} and the image embeddings start at {images.min():.2f}: "
-             "a few overlap on this axis, but the bulk of the two modalities lies apart.")]))
+             f"the two overlap at their edges, while their medians lie {images.median() - text.median():.2f} "
+             "apart.")]))
     if not emb.multilabel:
         targets = np.asarray(emb.labels)
         images, text = gap.l2_normalize(emb.rgb_patched), gap.l2_normalize(emb.class_text)

@@ -37,9 +37,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser(
         "search", help="find the windows of a Sentinel-2 scene that match a text",
         description="Rank the windows of a scene by the cosine similarity of their embedding to the text "
-                    "embedding of QUERY; writes the top K as <query>.geojson and PNG thumbnails.")
+                    "embedding of QUERY, or to the embedding of one window (--like ROW,COL, also across RGB and "
+                    "MS with --like-encoder); writes the top K as <query>.geojson and PNG thumbnails.")
     _common(s)
-    s.add_argument("query", help="free text, e.g. 'a tidal salt marsh'")
+    s.add_argument("query", nargs="?", help="free text, e.g. 'a tidal salt marsh'")
+    s.add_argument("--like", metavar="ROW,COL", help="search by example: the window at this row and column of the "
+                                                     "window grid (as in windows.csv) instead of a text")
+    s.add_argument("--like-encoder", choices=("student", "patched", "zeroshot"),
+                   help="the encoder that embeds the example window (default: --encoder); another one searches "
+                        "across modalities, e.g. an RGB window against MS windows")
     s.add_argument("--k", type=int, default=10, help="how many windows to keep (default 10)")
     s.add_argument("--encoder", choices=("student", "patched", "zeroshot"), default="student")
     s.set_defaults(func=run_search)
@@ -99,13 +105,26 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ArgumentError(f"--k must be at least 1, got {args.k}")
-    if not args.query.strip():
+    if (args.query is None) == (args.like is None):
+        raise ArgumentError("give either a QUERY text or --like ROW,COL (one of them)")
+    if args.query is not None and not args.query.strip():
         raise ArgumentError("the query is empty; give a text such as 'a tidal salt marsh'")
+    like = None
+    if args.like is not None:
+        parts = args.like.split(",")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ArgumentError(f"--like {args.like!r}: expected ROW,COL of the window grid, e.g. 3,12")
+        like = tuple(int(p) for p in parts)
+    source = args.like_encoder or args.encoder
     prof, bands = _checked(args)
-    encoders = from_profile(prof, (args.encoder,))
+    encoders = from_profile(prof, tuple(dict.fromkeys((args.encoder, source))))
     emb = scenemap.embed_scene(args.scene, encoders, stride=args.stride, level=args.level, bands=bands)
-    top = scenemap.search_text(emb, encoders, args.query, encoder=args.encoder, k=args.k)
-    for path in outputs.write_search(emb, top, args.out, outputs.slug(args.query)):
+    if like is None:
+        top, name = scenemap.search_text(emb, encoders, args.query, encoder=args.encoder, k=args.k), args.query
+    else:
+        top = scenemap.search_example(emb, *like, source=source, target=args.encoder, k=args.k)
+        name = f"like {source} r{like[0]} c{like[1]} in {args.encoder}"
+    for path in outputs.write_search(emb, top, args.out, outputs.slug(name)):
         print(f"wrote {path}")
     print(top[["rank", "score", "row", "col", "lon", "lat"]].to_string(index=False))
     return 0

@@ -61,20 +61,22 @@ def random_d4(keys: Sequence[str]) -> Callable[[dict], dict]:
     return apply
 
 
-def authors_crops(size: int, mean: Sequence[float], std: Sequence[float], ms_size: int | None = None,
-                  scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO
-                  ) -> tuple[T.Compose, Callable[[torch.Tensor], torch.Tensor]]:
+def authors_crops(preprocess: T.Compose, ms_size: int | None = None, scale: tuple[float, float] = CROP_SCALE,
+                  ratio: tuple[float, float] = CROP_RATIO) -> tuple[T.Compose, Callable[[torch.Tensor], torch.Tensor]]:
     """The authors' stage-2 training views, as (RGB transform, MS transform) of a dataset reader.
 
-    RGB: open_clip's training transform of the native-resolution composite (a PIL image): a
-    RandomResizedCrop to ``size`` (area ``scale``, aspect ``ratio``, bicubic), then ``ToTensor`` and CLIP's
-    normalisation. MS: its own crop of the same kind, drawn independently, of the native-resolution MS
+    RGB: CLIP's evaluation ``preprocess`` (resize, centre crop, to tensor, normalise) with its resize and crop
+    replaced by one RandomResizedCrop of the native-resolution composite (a PIL image) to the same output
+    size (area ``scale``, aspect ``ratio``, bicubic): open_clip's training transform, which the authors'
+    pipeline applies. MS: its own crop of the same kind, drawn independently, of the native-resolution MS
     view to ``ms_size`` x ``ms_size`` (None: the view's own size), bicubic with antialiasing; the reader
-    clamps after cropping (:func:`mtmg.data.sentinel2.ms_view`). One crop per view and item, drawn from
-    the generator the training loop seeds per item, so a run is reproducible.
+    clamps after cropping (:func:`mtmg.data.sentinel2.ms_view`). One crop per view and item, drawn from the
+    generator the training loop seeds per item, so a run is reproducible.
     """
+    geometric = (T.Resize, T.CenterCrop)
+    size = [t.size for t in preprocess.transforms if isinstance(t, geometric)][-1]
     rgb = T.Compose([T.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=T.InterpolationMode.BICUBIC),
-                     T.ToTensor(), T.Normalize(mean, std)])
+                     *(t for t in preprocess.transforms if not isinstance(t, geometric))])
 
     def ms(x: torch.Tensor) -> torch.Tensor:
         out = [ms_size, ms_size] if ms_size else list(x.shape[-2:])

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from mtmg.evaluation import metrics
 from mtmg.evaluation.probe import ALL, Split, few_shot_curve, few_shot_indices, scores_name
@@ -69,20 +68,25 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, n_out: int, weight_decay: flo
                  lr: float = BENCHMARK_LR, epochs: int = BENCHMARK_EPOCHS, batch_size: int = BENCHMARK_BATCH,
                  seed: int = 0) -> nn.Linear:
     """One linear layer trained as CLIP_benchmark's ``train``: seed, layer, AdamW, cosine learning rate per
-    step, shuffled batches drawn from the global generator (so the same seed gives the same layer)."""
+    step, and each epoch's batches in the order a shuffling ``DataLoader`` draws them from the global
+    generator (its base seed, then a permutation seeded by one draw, as torch's ``RandomSampler``), so the same
+    seed gives the same layer as CLIP_benchmark without a loader's per-batch overhead."""
     torch.manual_seed(seed)
     model = nn.Linear(x.shape[1], n_out)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
-    steps = epochs * len(loader)
+    per_epoch = math.ceil(len(x) / batch_size)
+    steps = epochs * per_epoch
     for epoch in range(epochs):
-        for i, (xb, yb) in enumerate(loader):
-            step = i + epoch * len(loader)
+        torch.empty((), dtype=torch.int64).random_()  # the loader's base seed for its workers, then the sampler's
+        draw = int(torch.empty((), dtype=torch.int64).random_().item())
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(draw))
+        for i in range(per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
             for group in opt.param_groups:
-                group["lr"] = 0.5 * (1 + math.cos(math.pi * step / steps)) * lr
+                group["lr"] = 0.5 * (1 + math.cos(math.pi * (i + epoch * per_epoch) / steps)) * lr
             opt.zero_grad()
-            loss_fn(model(xb), yb).backward()
+            loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
     return model
 

@@ -41,7 +41,7 @@ from mtmg.evaluation import metrics
 from mtmg.evaluation.embeddings import embed
 from mtmg.method import validation
 from mtmg.method.losses import feature_loss, task_loss
-from mtmg.method.patching import _image_norm, load_patched
+from mtmg.method.patching import load_patched
 from mtmg.method.training import (
     LOG,
     LossFn,
@@ -276,7 +276,7 @@ def _align(cfg: AlignConfig, teacher_dir: Path, out: Path, dev: torch.device, re
         t = time.perf_counter()
         ms_tf = ms_resize(cfg.ms_size)
         if cfg.augment == "rrc":  # the authors' crops of the native-resolution views, new at every step
-            rgb_crop, ms_crop = authors_crops(*_image_norm(teacher), cfg.ms_size)
+            rgb_crop, ms_crop = authors_crops(bundle.preprocess_val, cfg.ms_size)
             train = training_split(cfg.data, rgb_crop, cfg.carve, ms_crop)
         else:
             train = training_split(cfg.data, bundle.preprocess_val, cfg.carve, ms_tf)
