@@ -138,6 +138,8 @@ def test_per_class_legend_names_red_only_when_a_class_is_below_chance():
         return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "below chance" in labels([0.2, 0.9])
     assert "below chance" not in labels([0.6, 0.9])
+    fig = figures.per_class_scores(list("AB"), [0.0, 0.9], "t", chance=0.5)  # a zero-length bar: its name is red
+    assert {t.get_text(): t.get_color() for t in fig.axes[0].get_yticklabels()}["A"] == figures.WRONG
 
 
 def test_the_banner_names_the_students_real_size():

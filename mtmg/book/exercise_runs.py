@@ -5,8 +5,8 @@
 Each change runs as the solutions page would run it (:func:`mtmg.book.teaching.run_exercise`), in a process
 of its own; every stage runs on the thread count its config records (part of the run's key), so a run
 made here is the run the page would make. ``--jobs auto`` runs as many changes at once as the cores hold
-without sharing a core: ``cores // threads``; with 1 (a 2-core machine and the default profile's 2 threads)
-nothing is started here and the solutions page runs the changes one after the other. An exercise that
+without sharing a core: ``cores // threads`` (2 on a 2-core machine with the default profile's 1 thread);
+with 1 nothing is started here and the solutions page runs the changes one after the other. An exercise that
 reads another's run (``reuses``) starts once that one has finished.
 """
 from __future__ import annotations
@@ -35,6 +35,10 @@ def _run_one(profile: str, label: str) -> tuple[str, float]:
 def run_all(profile: str, jobs: int) -> dict[str, float]:
     """Run every exercise's change with ``jobs`` worker processes; returns the seconds of each change's own
     stages (0 when it reused finished runs)."""
+    book = profiles.load_profile(profile)
+    for measure in dict.fromkeys(ex.measure for ex in teaching.EXERCISES):
+        teaching.MEASURES[measure](book)  # the book's own runs first (reused after the warm-up): two changes
+        # started together must not both find a stage they share missing (a second writer fails at once)
     waiting = list(teaching.EXERCISES)
     done: dict[str, float] = {}
     running: dict[Future, str] = {}

@@ -213,6 +213,9 @@ def per_class_scores(classes: Sequence[str], values: Sequence[float | None], tit
     bars = ax.barh(y, vals[order], color=[WRONG if b else MODEL_COLOURS["zero-shot CLIP"] for b in below])
     ax.bar_label(bars, fmt="%.0f", fontsize="small", padding=2)
     ax.set_yticks(y, [classes[i] for i in order], fontsize="small")
+    for label, is_below in zip(ax.get_yticklabels(), below):  # also visible where a bar has zero length
+        if is_below:
+            label.set_color(WRONG)
     if chance is not None:
         line = ax.axvline(100 * chance, color="black", linestyle="--", label=f"chance ({100 * chance:.0f} %)")
         handles = [line] + ([Patch(color=WRONG, label="below chance")] if any(below) else [])  # red only if shown

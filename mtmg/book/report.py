@@ -525,7 +525,7 @@ def _probe_verdict(differences: pd.DataFrame | None, dataset: str, full: pd.Seri
     r = rows.iloc[0]
     return (difference_sentence("The aligned student's probe", "its initial weights'",
                                 Interval(float(r["difference"]), float(r["low"]), float(r["high"]), int(r["n_test"])))
-            + f" ({pct(full['student'])} vs {pct(full['student_init'])}.)")
+            + f" The two probes score {pct(full['student'])} and {pct(full['student_init'])}.")
 
 
 def summarize_probe(results: pd.DataFrame, differences: pd.DataFrame | None = None) -> str:
