@@ -74,8 +74,10 @@ nbval-all: notebooks
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider book/executed/$(notdir $(SOLUTIONS_NB)) tests/test_executed_notebooks.py
 
 # The slow tier: tests marked slow (the browser test skips here when the book is not built yet).
+# The participant test (tests/test_workshop.py) starts from a copy of the warm-up's run store when make test
+# has just made it, instead of warming up a second store.
 slow: $(STAMP)
-	$(PY) -m pytest tests -m slow --ignore=tests/test_executed_notebooks.py --durations=15 -rs
+	MTMG_TEST_WARM_RUNS=$(if $(wildcard $(WARM)),$(CURDIR)/runs) $(PY) -m pytest tests -m slow --ignore=tests/test_executed_notebooks.py --durations=15 -rs
 
 test: unit nbval
 
