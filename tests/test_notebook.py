@@ -91,7 +91,7 @@ def test_parse_overrides_takes_a_mapping_or_a_json_or_yaml_string():
     assert notebook.parse_overrides("") == {} and notebook.parse_overrides(None) == {}
     with pytest.raises(ConfigError, match="mapping"):
         notebook.parse_overrides("[1, 2]")
-    with pytest.raises(ConfigError, match="not JSON or YAML"):
+    with pytest.raises(ConfigError, match="must be JSON or YAML"):
         notebook.parse_overrides('{"a": 1')
 
 
@@ -129,3 +129,18 @@ def test_papermill_runs_get_checked_names_parsed_overrides_one_line_errors_and_n
                                    progress_bar=False, cwd=str(tmp_path))
     assert len(refused.value.traceback) == 1 and "the valid names are overrides, value" in refused.value.traceback[0]
     assert not (tmp_path / "ran").exists()
+
+
+def test_an_alias_bomb_in_overrides_is_refused_quickly():
+    import time
+
+    from mtmg.book.notebook import parse_overrides
+    from mtmg.core.errors import ConfigError
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi"))
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="overrides"):
+        parse_overrides(bomb)
+    assert time.perf_counter() - started < 5

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import yaml
 
+from mtmg.core.config import parse_yaml
 from mtmg.core.errors import ConfigError, UserError
 
 #: The first line of the cell papermill injects after the parameters cell.
@@ -172,10 +172,9 @@ def parse_overrides(value: Any) -> dict:
         return {}
     if isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0]
-            raise ConfigError(f"overrides: {value!r} is not JSON or YAML ({first}); write a mapping such as "
+            value = parse_yaml(value, "overrides")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (overrides must be JSON or YAML); write a mapping such as "
                               "'{\"patch.train.seed\": 1}'") from None
     if not isinstance(value, dict):
         raise ConfigError(f"overrides: expected a mapping of dotted keys such as {{\"patch.train.seed\": 1}}, "
@@ -268,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = ([(src, args.into / src.name) for src in args.notebooks] if args.into is not None
             else [tuple(args.notebooks)])
     params = {"profile": args.profile}
-    params.update({name: yaml.safe_load(value) for name, value in args.parameter})
+    params.update({name: parse_yaml(value, f"-p {name}") for name, value in args.parameter})
     done: list[Path] = []
     try:
         if args.into is None:
