@@ -35,7 +35,7 @@ from mtmg.runs.profiles import load_profile
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book", "mtmg")  # mtmg: the chapters include the library's source
 SMOKE_SIZES = {"ViT-B-32": 32, "ViT-B-16": 16, "ViT-L-14": 14}
 """Image side of each architecture here: one patch (plus the class token), the smallest image the towers take."""
 SMOKE_CONTEXT = 18
@@ -134,7 +134,7 @@ def _build_book(executed: dict[str, Path], where: Path) -> Path:
     for item in BOOK_SOURCES:
         source = REPO / item
         if source.is_dir():
-            shutil.copytree(source, where / item, ignore=shutil.ignore_patterns("executed", "_build"))
+            shutil.copytree(source, where / item, ignore=shutil.ignore_patterns("executed", "_build", "__pycache__"))
         else:
             shutil.copy(source, where / item)
     (where / "book" / "executed").mkdir()
