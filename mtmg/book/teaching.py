@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from mtmg.book import report, views
 from mtmg.core import paths
+from mtmg.core.config import parse_yaml
 from mtmg.core.errors import ConfigError
 from mtmg.data.sentinel2 import ndvi
 from mtmg.evaluation import gap, metrics
@@ -369,7 +369,7 @@ class Exercises:
 def load_exercises(path: str | os.PathLike = EXERCISES_FILE) -> Exercises:
     """Read the exercises' data file; a missing field names the file, the entry and the field."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
 
     def field_of(entry: Mapping[str, Any], name: str, where: str) -> Any:
         if name not in entry:
